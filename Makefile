@@ -1,0 +1,47 @@
+# One-command entry points: `make run` (pipeline on the built-in data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; override for a CUDA machine, e.g. TORCH_SPEC="torch==2.13.0+cu128".
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= default
+ARGS ?=
+PYTEST_ARGS ?=
+
+# Metaflow refuses to run without a user name and ignores root: give it one.
+export METAFLOW_USER ?= recmodel
+export PYTHONHASHSEED := 0
+
+.PHONY: setup run test test-fast lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: setup
+	$(PY) flows/two_stage.py run --preset $(PRESET) $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not flow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf .metaflow .pytest_cache .ruff_cache
