@@ -37,9 +37,11 @@ def _smoothed_counts(counts: np.ndarray, smoothing: float) -> np.ndarray:
 
 def _log_with_padding(probs: np.ndarray) -> torch.Tensor:
     """float32 ``[N + 1]``: ``log probs`` behind a ``-inf`` padding entry."""
+    out = np.empty(probs.shape[0] + 1, dtype=np.float32)
+    out[0] = -np.inf
     with np.errstate(divide="ignore"):  # zero-probability items are legitimately -inf
-        log_p = np.log(probs)
-    return torch.from_numpy(np.concatenate([[-np.inf], log_p]).astype(np.float32))
+        np.log(probs, out=out[1:], casting="same_kind")  # log in float64, stored as float32
+    return torch.from_numpy(out)
 
 
 def frequency_log_q(counts: np.ndarray, smoothing: float) -> torch.Tensor:
@@ -103,8 +105,9 @@ class NegativeSampler:
         # float64: a float32 running sum near 1 resolves only ~6e-8, coarser than a single
         # item's mass in a catalog of millions; the draws would not follow log_q exactly.
         self._cdf = torch.from_numpy(np.cumsum(weights))  # [N], unnormalized
-        logger.debug("negative sampler over %d items, alpha=%s, mix=%s", self.n_items, alpha,
-                     uniform_mix)
+        logger.debug(
+            "negative sampler over %d items, alpha=%s, mix=%s", self.n_items, alpha, uniform_mix
+        )
 
     def _popularity_weights(self, smoothed: np.ndarray) -> np.ndarray:
         """float64 ``[N]``: ``c_j^alpha`` (0^0 counts as 1, so alpha=0 is exactly uniform)."""
@@ -153,5 +156,6 @@ class NegativeSampler:
         return torch.where(branch, self._uniform(n, generator), popular)
 
     def _uniform(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randint(1, self.n_items + 1, (n,), generator=generator,
-                             device=self._cdf.device)
+        return torch.randint(
+            1, self.n_items + 1, (n,), generator=generator, device=self._cdf.device
+        )
