@@ -125,6 +125,7 @@ class ModelConfig:
     meta_dim: int = 16  # width of each metadata embedding (artist, album, genre, tempo)
     normalize: bool = False  # score on L2-normalized vectors
     temperature: float = 1.0  # logits are divided by this (use < 1 with normalize)
+    repeat_aware: bool = True  # learned bonus for tracks already in the input window
 
     def __post_init__(self) -> None:
         _check(self.d_model % self.n_heads == 0, "model.d_model must be divisible by model.n_heads")
@@ -150,6 +151,7 @@ class TrainConfig:
     patience: int = 2  # epochs without validation NDCG@10 improvement before stopping
     eval_users: int = 2_000  # validation users scored each epoch (0 = all)
     device: str = "auto"  # "auto", "cpu" or "cuda"
+    threads: int = 0  # torch CPU threads; 0 = cores / 2, as two trainings run side by side
 
     def __post_init__(self) -> None:
         _check(self.negatives in ("shared", "in_batch", "both"),

@@ -19,7 +19,8 @@ from torch import nn
 from recmodel.batches import PAD, last_items
 from recmodel.config import ModelConfig
 from recmodel.data import ItemFeatures, UserItems
-from recmodel.metrics import topk_chunked
+from recmodel.metrics import EMPTY, topk_chunked
+from recmodel.repeat import RepeatBias
 
 META_FIELDS = ("artist", "album", "genre", "tempo_bucket")  # categorical item metadata
 MLP_RATIO = 4  # feed-forward width / d_model
@@ -205,6 +206,7 @@ class Retriever(nn.Module):
         self.tower = ItemTower(item_features, cfg)
         self.encoder = SasRecEncoder(cfg)
         self.head = ScoringHead(cfg.normalize, cfg.temperature)
+        self.repeat = RepeatBias(cfg.d_model, item_features.n_items) if cfg.repeat_aware else None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[B, T, D]`` of left-padded item ids ``[B, T]``."""
@@ -274,6 +276,51 @@ class Retriever(nn.Module):
             ``(ids int64 [U, k], scores float32 [U, k])``, scores being the head's logits.
         """
         users = np.asarray(users, dtype=np.int64)
-        queries = self.head.user_side(self.user_vectors(histories, users, batch_size=batch_size))
+        hidden = self.user_vectors(histories, users, batch_size=batch_size)  # [U, D]
+        queries = self.head.user_side(hidden)
         items = self.head.item_side(self.tower.all_item_vectors(chunk=chunk_items))  # [N + 1, D]
-        return topk_chunked(queries, items, k, chunk_items=chunk_items, exclude=exclude)
+        if self.repeat is None or exclude is not None:
+            # With the seen-item filter every window item is excluded: no bonus can apply.
+            return topk_chunked(queries, items, k, chunk_items=chunk_items, exclude=exclude)
+        # Exact top-k of <u, v> + bonus: the bonus only lifts window items, so the answer lies
+        # in the top-(k + T) by dot product together with the window itself.
+        ids, _ = topk_chunked(queries, items, k + self.cfg.max_len, chunk_items=chunk_items)
+        out_ids, out_scores = [], []
+        for i in range(0, len(users), batch_size):
+            rows = slice(i, i + batch_size)
+            window = torch.from_numpy(last_items(histories, users[rows], self.cfg.max_len))
+            window = window.to(queries.device)  # [b, T]
+            cand = torch.cat([torch.from_numpy(ids[rows]).to(queries.device), window], dim=1)
+            top = self._rescore(queries[rows], hidden[rows], items, window, cand, k)
+            out_ids.append(top[0])
+            out_scores.append(top[1])
+        return np.concatenate(out_ids), np.concatenate(out_scores)
+
+    def candidate_logits(self, inputs: torch.Tensor, items: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden state ``[B, D]`` and logits ``[B, C]`` of candidates ``items [B, C]``.
+
+        The logits are what :meth:`recommend` ranks by: ``<u, v>`` plus the repeat bonus.
+        """
+        hidden = self(inputs)[:, -1]  # [B, T, D] -> [B, D]
+        vectors = self.head.item_side(self.item_vectors(items))  # [B, C, D]
+        logits = torch.einsum("bd,bcd->bc", self.head.user_side(hidden), vectors)
+        if self.repeat is not None:
+            logits = logits + self.repeat.last_bias(inputs, hidden, items)
+        return hidden, logits
+
+    def _rescore(self, queries: torch.Tensor, hidden: torch.Tensor, items: torch.Tensor,
+                 window: torch.Tensor, cand: torch.Tensor, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of candidates ``cand [b, C]`` by dot product plus the repeat bonus."""
+        cand = cand.clamp(min=PAD)  # EMPTY slots become padding, masked below
+        scores = torch.einsum("bd,bcd->bc", queries, items[cand])  # [b, C]
+        scores = scores + self.repeat.last_bias(window, hidden, cand)
+        ordered, order = torch.sort(cand, dim=1)
+        duplicate = torch.zeros_like(cand, dtype=torch.bool)
+        duplicate[:, 1:] = ordered[:, 1:] == ordered[:, :-1]  # keep one copy of each item
+        masked = torch.zeros_like(duplicate).scatter(1, order, duplicate) | (cand == PAD)
+        scores = scores.masked_fill(masked, float("-inf"))
+        top_scores, at = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        top_ids = torch.gather(cand, 1, at).masked_fill(torch.isinf(top_scores), EMPTY)
+        return top_ids.cpu().numpy(), top_scores.float().cpu().numpy()

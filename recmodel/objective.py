@@ -122,6 +122,19 @@ class CandidateSampler:
         )
 
 
+def repeat_bonus(model: torch.nn.Module, batch: DeviceBatch, hidden: torch.Tensor,
+                 neg_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeat bonus of the positives ``[P]`` and of the shared negatives ``[P, M]``."""
+    b, t = batch.inputs.shape
+    targets = torch.zeros(b * t, dtype=torch.long, device=hidden.device)
+    targets[batch.positions] = batch.targets
+    pos = model.repeat.diagonal_bias(batch.inputs, hidden, targets.view(b, t))  # [B, T]
+    shared = neg_ids[None, :].expand(b, -1)  # [M] -> [B, M]
+    neg = model.repeat.bias(batch.inputs, hidden, shared)  # [B, T, M]
+    neg = neg.reshape(b * t, -1)[batch.positions]  # [B*T, M] -> [P, M]
+    return pos.reshape(-1)[batch.positions], neg
+
+
 def next_item_loss(
     model: torch.nn.Module,
     batch: DeviceBatch,
@@ -145,6 +158,9 @@ def next_item_loss(
         vectors = model.item_vectors(torch.cat([batch.targets, neg_ids]))  # [P + M, D]
         pos_logits = model.head.pairwise(h, vectors[:n_pos])  # [P]
         neg_logits = model.head(h, vectors[n_pos:])  # [P, M]
+        if model.repeat is not None:
+            pos_bias, neg_bias = repeat_bonus(model, batch, hidden, neg_ids)
+            pos_logits, neg_logits = pos_logits + pos_bias, neg_logits + neg_bias
     loss = sampled_softmax_loss(
         pos_logits.float(),
         neg_logits.float(),
