@@ -1,0 +1,182 @@
+"""TwoStageFlow: a two-stage transformer retriever for music recommendations.
+
+Run ``python flows/two_stage.py run`` (built-in synthetic data, ``default`` preset) or
+``python flows/two_stage.py run --preset tiny --events PATH [--items PATH] [--source KIND]``.
+Every step is one call into :mod:`recmodel.pipeline`; see README.md for the protocol.
+"""
+
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from metaflow import (  # noqa: E402
+    FlowSpec,
+    JSONType,
+    Parameter,
+    card,
+    current,
+    resources,
+    step,
+)
+
+from recmodel import pipeline  # noqa: E402
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+class TwoStageFlow(FlowSpec):
+    """Extract sessions, pretrain with logQ-corrected sampled softmax, distil a ranker, compare.
+
+    ::
+
+                              start
+                                |
+                         extract_sessions
+                                |
+                            estimate_q
+                 /              |               \\
+            pretrain     pretrain_no_logq     baselines
+                |               |                |
+     materialize_ranker_scores  |                |
+                |               |                |
+            finetune            |                |
+                 \\              |               /
+                               join
+                                |
+                              report
+                                |
+                               end
+    """
+
+    preset = Parameter("preset", default="default",
+                       help="Preset name in configs/ (tiny, default, large) or a TOML path.")
+    events = Parameter("events", default="",
+                       help="Events file, glob or directory; empty = built-in synthetic data.")
+    items = Parameter("items", default="", help="Optional item metadata table.")
+    source = Parameter("source", default="canonical",
+                       help="Input layout: canonical, yambda, lastfm1k or movielens.")
+    ranker_scores_path = Parameter("ranker-scores", default="",
+                                   help="A production ranker's scores (user_id, item_id, "
+                                        "request_ts, score) used instead of the built-in ranker.")
+    overrides = Parameter("overrides", type=JSONType, default="{}",
+                          help='Preset overrides as JSON, e.g. \'{"train": {"epochs": 2}}\'.')
+
+    @card(type="blank")
+    @step
+    def start(self):
+        """Resolve the configuration and validate the input before anything expensive."""
+        resolved = pipeline.start(self.preset, self.overrides, self.source, self.events,
+                                  self.items, self.ranker_scores_path)
+        self.config, self.inputs, self.input_checks = resolved
+        self.next(self.extract_sessions)
+
+    @card(type="blank")
+    @resources(memory=8_000, cpu=2)
+    @step
+    def extract_sessions(self):
+        """DuckDB SQL: clean, sessionize, filter, split and index the listening events."""
+        out = pipeline.extract_sessions(self.config, self.inputs, pipeline.RunTables(self))
+        self.tables, self.sql_queries, self.data_summary = out
+        self.test_targets = self.tables["test_targets"]
+        self.next(self.estimate_q)
+
+    @card(type="blank")
+    @step
+    def estimate_q(self):
+        """The Q table: smoothed item frequencies that negatives are drawn from."""
+        self.item_frequency, self.q_summary, q_queries = pipeline.estimate_q(
+            self.config, self.tables, pipeline.RunTables(self))
+        self.sql_queries = self.sql_queries + q_queries
+        self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
+
+    @card(type="blank", id="training", refresh_interval=5)
+    @resources(gpu=1, memory=16_000, cpu=4)
+    @step
+    def pretrain(self):
+        """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
+        out = pipeline.pretrain(self.config, self.tables, self.item_frequency, "sasrec_pretrain",
+                                pipeline.RunTables(self), current.card["training"])
+        self.pretrain_checkpoint, self.model_results = out
+        self.next(self.materialize_ranker_scores)
+
+    @card(type="blank", id="training", refresh_interval=5)
+    @resources(gpu=1, memory=16_000, cpu=4)
+    @step
+    def pretrain_no_logq(self):
+        """The single-stage baseline: the same model and budget without logQ correction."""
+        out = pipeline.pretrain(self.config, self.tables, self.item_frequency, "sasrec_no_logq",
+                                pipeline.RunTables(self), current.card["training"])
+        self.no_logq_checkpoint, self.model_results = out
+        self.next(self.join)
+
+    @card(type="blank")
+    @resources(memory=8_000, cpu=2)
+    @step
+    def baselines(self):
+        """Popularity, the user's own favourites, item-kNN and implicit ALS."""
+        self.model_results = pipeline.baselines(self.config, self.tables, pipeline.RunTables(self))
+        self.next(self.join)
+
+    @card(type="blank")
+    @resources(gpu=1, memory=16_000, cpu=4)
+    @step
+    def materialize_ranker_scores(self):
+        """Score the retriever's candidates with the ranker (or import a production table)."""
+        self.ranker_scores, self.ranker_quality, self.ranker = (
+            pipeline.materialize_ranker_scores(self.config, self.inputs, self.tables,
+                                               self.pretrain_checkpoint, pipeline.RunTables(self)))
+        self.next(self.finetune)
+
+    @card(type="blank", id="training", refresh_interval=5)
+    @resources(gpu=1, memory=16_000, cpu=4)
+    @step
+    def finetune(self):
+        """Distil the ranker into the retriever with the pairwise logit loss."""
+        out = pipeline.finetune(self.config, self.tables, self.item_frequency,
+                                self.pretrain_checkpoint, self.ranker_scores,
+                                self.model_results, self.ranker, pipeline.RunTables(self),
+                                current.card["training"])
+        self.finetune_checkpoint, self.model_results, self.distillation = out
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        """Gather every model's results into one recommendations table."""
+        self.merge_artifacts(inputs, include=["config", "inputs", "input_checks", "tables",
+                                              "sql_queries", "data_summary", "test_targets",
+                                              "item_frequency", "q_summary"])
+        by_step = {inp._current_step: inp for inp in inputs}
+        self.pretrain_checkpoint = by_step["finetune"].pretrain_checkpoint
+        self.finetune_checkpoint = by_step["finetune"].finetune_checkpoint
+        self.no_logq_checkpoint = by_step["pretrain_no_logq"].no_logq_checkpoint
+        self.ranker_scores = by_step["finetune"].ranker_scores
+        self.ranker_quality = by_step["finetune"].ranker_quality
+        self.distillation = by_step["finetune"].distillation
+        self.model_results = pipeline.merge_results([inp.model_results for inp in inputs])
+        self.train_history = pipeline.train_history(self.model_results)
+        self.recommendations = pipeline.join_recommendations(self.model_results,
+                                                             pipeline.RunTables(self))
+        self.next(self.report)
+
+    @card(type="blank", id="report")
+    @step
+    def report(self):
+        """Recall@k and NDCG@k of every model on the same test users, with intervals."""
+        # The artifact shares its name with this step (DESIGN.md §4): later steps read it through
+        # the Client API, where ``task["report"]`` is the artifact, not the method.
+        self.report, self.report_files = pipeline.report(
+            self.config, self.tables, self.recommendations, self.model_results,
+            self.data_summary, self.distillation, self.ranker_quality, pipeline.RunTables(self),
+            current.card["report"])
+        self.next(self.end)
+
+    @step
+    def end(self):
+        """Log where the report is."""
+        pipeline.log_summary(self.report_files)
+
+
+if __name__ == "__main__":
+    TwoStageFlow()

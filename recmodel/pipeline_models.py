@@ -1,0 +1,250 @@
+"""Step logic of the model steps: pretraining, baselines, ranker, finetuning, join, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recmodel.columns import Columns
+from recmodel.config import PipelineConfig, from_dict
+from recmodel.data import Dataset
+from recmodel.dataset_io import load_dataset
+from recmodel.evaluation import REC_K, TestSet, build_test_set, recommendations_table
+from recmodel.live_card import TrainingCard
+from recmodel.metrics import evaluate
+from recmodel.tables import TableRef, local_path, read_table
+
+log = logging.getLogger(__name__)
+
+TRANSFORMER_LOGQ = {"sasrec_pretrain": None, "sasrec_no_logq": "none"}  # None = preset's mode
+
+
+@dataclass(frozen=True)
+class StepData:
+    """What every model step loads: config, dataset, the test set and the id maps."""
+
+    cfg: PipelineConfig
+    dataset: Dataset
+    test: TestSet
+    user_ids: pa.Array  # original id of each user_idx
+    item_ids: pa.Array  # original id of each item_idx (entry 0 is padding)
+
+
+def load_step_data(config: dict, refs: dict[str, TableRef]) -> StepData:
+    """Load the extracted tables once per step and fix the test set."""
+    cfg = from_dict(config, name=config.get("name", "custom"))
+    torch.manual_seed(cfg.train.seed)
+    # Parallel branches share the machine: oversubscribed threads slow small ops many-fold.
+    torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) // 2))
+    dataset = load_dataset(local_path(refs["events"]), local_path(refs["items"]),
+                           local_path(refs["users"]))
+    users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
+    items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
+    user_ids = users.sort_by(Columns.USER_IDX).column(Columns.USER).combine_chunks()
+    item_col = items.sort_by(Columns.ITEM_IDX).column(Columns.ITEM).combine_chunks()
+    item_ids = pa.concat_arrays([pa.nulls(1, item_col.type), item_col])  # index 0 = padding
+    return StepData(cfg, dataset, build_test_set(dataset, cfg.eval), user_ids, item_ids)
+
+
+def q_counts(q_ref: TableRef, n_items: int) -> np.ndarray:
+    """int64 ``[N + 1]`` counts of the Q table, indexed by item_idx."""
+    table = read_table(q_ref, columns=[Columns.ITEM_IDX, Columns.COUNT])
+    counts = np.zeros(n_items + 1, dtype=np.int64)
+    counts[table.column(Columns.ITEM_IDX).to_numpy()] = table.column(Columns.COUNT).to_numpy()
+    return counts
+
+
+def model_result(data: StepData, name: str, items: np.ndarray, scores: np.ndarray,
+                 tables: Any, **info: Any) -> dict[str, Any]:
+    """Publish a model's top-100 rows and summarize its test metrics."""
+    table = recommendations_table(name, data.test.users, items, scores, data.user_ids,
+                                  data.item_ids)
+    ref = tables.write(table, f"recommendations_{name}")
+    metrics = evaluate(items, data.test.targets, ks=data.cfg.eval.ks,
+                       item_counts=data.dataset.item_counts, n_items=data.dataset.n_items)
+    log.info("%s: test ndcg@10=%.4f recall@100=%.4f", name, metrics.summary["ndcg@10"],
+             metrics.summary.get("recall@100", float("nan")))
+    return {"status": "ok", "error": None, "recommendations": ref,
+            "metrics": {k: float(v) for k, v in metrics.summary.items()}, **info}
+
+
+def _exclude(data: StepData):
+    return data.test.histories.take(data.test.users) if data.cfg.eval.filter_seen else None
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def pretrain(config: dict, refs: dict, q_ref: TableRef, name: str, tables: Any,
+             card: Any = None) -> tuple[dict, dict]:
+    """Pretrain the retriever (``sasrec_pretrain``) or its no-logQ twin (``sasrec_no_logq``).
+
+    Returns:
+        ``(checkpoint, model_results)``: safetensors bytes with the model config, and the
+        model's entry for ``model_results``.
+    """
+    from recmodel.train import pretrain as train_retriever
+
+    data = load_step_data(config, refs)
+    cfg = data.cfg
+    logq = TRANSFORMER_LOGQ[name] or cfg.train.logq
+    train_cfg = dataclasses.replace(cfg.train, logq=logq)
+    live = TrainingCard(card, f"{name} (logQ: {logq})")
+    counts = q_counts(q_ref, data.dataset.n_items)
+    result = train_retriever(data.dataset, counts, cfg.model, train_cfg, cfg.q, cfg.eval,
+                             progress=live.update)
+    live.finish(result.history)
+    items, scores = result.model.recommend(data.test.histories, data.test.users, REC_K,
+                                           exclude=_exclude(data),
+                                           chunk_items=cfg.eval.chunk_items)
+    entry = model_result(data, name, items, scores, tables, fit_seconds=result.seconds,
+                         model_size=_n_params(result.model), history=result.history,
+                         best_epoch=result.best_epoch, logq=logq)
+    checkpoint = {"safetensors": result.checkpoint, "model_config": result.model_config}
+    return checkpoint, {name: entry}
+
+
+def baselines(config: dict, refs: dict, tables: Any) -> dict:
+    """Fit every classic baseline on the pretrain window and recommend for the test users."""
+    from recmodel.baselines import BuildOptions, build_baselines, run_baseline
+
+    data = load_step_data(config, refs)
+    cfg = data.cfg
+    options = BuildOptions(chunk_items=cfg.eval.chunk_items)
+    results = {}
+    for model in build_baselines(cfg.baselines, options=options):
+        out = run_baseline(model, data.dataset, data.test.users, data.test.histories, REC_K,
+                           cfg.eval.filter_seen)
+        if out["status"] != "ok":
+            results[out["name"]] = {k: out[k] for k in ("status", "error", "traceback")}
+            continue
+        results[out["name"]] = model_result(
+            data, out["name"], out["items"], out["scores"], tables,
+            fit_seconds=out["fit_seconds"], model_size=out["model_size"],
+            tuning=out.get("tuning"), history=[])
+    return results
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One ``model_results`` dict from the branches (every model name once)."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for name, entry in part.items():
+            if name in merged and merged[name] is not entry:
+                # finetune's branch carries sasrec_pretrain along: keep one copy
+                merged[name] = merged[name] if merged[name].get("recommendations") else entry
+            else:
+                merged[name] = entry
+    return merged
+
+
+def train_history(results: dict) -> dict:
+    """``train_history`` artifact: per-epoch rows of every trained model."""
+    return {name: entry.get("history", []) for name, entry in results.items()
+            if entry.get("history")}
+
+
+def join_recommendations(results: dict, tables: Any) -> TableRef:
+    """Concatenate every model's rows into the ``recommendations`` table."""
+    with tempfile.TemporaryDirectory(prefix="recmodel-recs-") as tmp:
+        path = Path(tmp) / "recommendations.parquet"
+        writer = None
+        for name in sorted(results):
+            ref = results[name].get("recommendations")
+            if ref is None:
+                continue
+            table = read_table(ref)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table.cast(writer.schema))
+        if writer is None:
+            raise RuntimeError("no model produced recommendations: see model_results for errors")
+        writer.close()
+        return tables.publish(path, "recommendations")
+
+
+def _retriever(checkpoint: dict, data: StepData, device: torch.device):
+    from recmodel.checkpoint import load_retriever
+
+    model = load_retriever(checkpoint["safetensors"], checkpoint["model_config"],
+                           data.dataset.items)
+    return model.to(device).eval()
+
+
+def materialize_ranker_scores(config: dict, inputs: dict, refs: dict, checkpoint: dict,
+                              tables: Any) -> tuple[TableRef, dict, Any]:
+    """Score the pretrained retriever's candidates with the cross-fitted ranker.
+
+    With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
+
+    Returns:
+        ``(ranker_scores, ranker_quality, ranker)``; ``ranker`` is the built-in model (None
+        for imported scores), kept for the end-to-end distillation metrics.
+    """
+    from recmodel.distributed import resolve_device
+    from recmodel.ranker import build_ranker_scores
+    from recmodel.ranker_io import load_ranker_scores, with_original_ids
+
+    data = load_step_data(config, refs)
+    users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
+    items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
+    if inputs.get("ranker_scores"):
+        scores = load_ranker_scores(inputs["ranker_scores"], users, items)
+        quality, ranker = {"source": inputs["ranker_scores"], "rows": scores.num_rows}, None
+    else:
+        device = resolve_device(data.cfg.train.device)
+        started = time.perf_counter()
+        result = build_ranker_scores(data.dataset, _retriever(checkpoint, data, device),
+                                     data.cfg.ranker, device=device)
+        scores, ranker = result.scores, result.ranker
+        quality = {"source": "built-in", **result.quality, "sql_queries": result.queries,
+                   "seconds": round(time.perf_counter() - started, 2)}
+    ref = tables.write(with_original_ids(scores, users, items), "ranker_scores")
+    return ref, quality, ranker
+
+
+def finetune(config: dict, refs: dict, q_ref: TableRef, checkpoint: dict, scores_ref: TableRef,
+             results: dict, ranker: Any, tables: Any, card: Any = None
+             ) -> tuple[dict, dict, dict]:
+    """Distil the ranker into the retriever; evaluate it as ``sasrec_two_stage``.
+
+    Returns:
+        ``(finetune_checkpoint, model_results, distillation)``.
+    """
+    from recmodel.distill import distillation_metrics
+    from recmodel.distributed import resolve_device
+    from recmodel.finetune import finetune as distil
+
+    data = load_step_data(config, refs)
+    cfg = data.cfg
+    device = resolve_device(cfg.train.device)
+    pretrained = _retriever(checkpoint, data, device)
+    scores = read_table(scores_ref)
+    live = TrainingCard(card, "sasrec_two_stage (pairwise logit loss)")
+    result = distil(pretrained, data.dataset, scores, cfg.finetune, cfg.train,
+                    q_counts(q_ref, data.dataset.n_items), cfg.q, cfg.eval, device=device,
+                    progress=live.update)
+    live.finish(result.history)
+    items, item_scores = result.model.recommend(data.test.histories, data.test.users, REC_K,
+                                                exclude=_exclude(data),
+                                                chunk_items=cfg.eval.chunk_items)
+    entry = model_result(data, "sasrec_two_stage", items, item_scores, tables,
+                         fit_seconds=result.seconds, model_size=_n_params(result.model),
+                         history=result.history, best_epoch=result.best_epoch)
+    distillation = distillation_metrics(
+        {"pretrain": pretrained, "finetune": result.model}, data.dataset, scores,
+        ranker=ranker, n_candidates=cfg.ranker.n_candidates, device=device)
+    ckpt = {"safetensors": result.checkpoint, "model_config": result.model_config}
+    return ckpt, {**results, "sasrec_two_stage": entry}, distillation
