@@ -130,8 +130,7 @@ def repeat_bonus(model: torch.nn.Module, batch: DeviceBatch, hidden: torch.Tenso
     targets[batch.positions] = batch.targets
     pos = model.repeat.diagonal_bias(batch.inputs, hidden, targets.view(b, t))  # [B, T]
     shared = neg_ids[None, :].expand(b, -1)  # [M] -> [B, M]
-    neg = model.repeat.bias(batch.inputs, hidden, shared)  # [B, T, M]
-    neg = neg.reshape(b * t, -1)[batch.positions]  # [B*T, M] -> [P, M]
+    neg = model.repeat.bias_at(batch.inputs, hidden, shared, batch.positions)  # [P, M]
     return pos.reshape(-1)[batch.positions], neg
 
 

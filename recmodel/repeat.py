@@ -93,10 +93,22 @@ class RepeatBias(nn.Module):
 
     def bias(self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """``[B, T, C]`` bonus of the candidates ``ids [B, C]`` at every position."""
-        table = self.window_bias(inputs, hidden)  # [B, T, T]
-        first = self.first_positions(inputs, ids)  # [B, C]
-        index = first.clamp(min=0)[:, None, :].expand(-1, table.shape[1], -1)  # [B, T, C]
-        return torch.gather(table, 2, index) * (first >= 0)[:, None, :]
+        b, t = inputs.shape
+        every = torch.arange(b * t, device=inputs.device)
+        return self.bias_at(inputs, hidden, ids, every).reshape(b, t, -1)
+
+    def bias_at(self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        """``[P, C]`` bonus of the candidates ``ids [B, C]`` at flat ``positions [P]``.
+
+        The positions are picked before the candidates are gathered, so the result never
+        exceeds the size of the logits it is added to.
+        """
+        b, t = inputs.shape
+        table = self.window_bias(inputs, hidden).reshape(b * t, t)[positions]  # [P, T]
+        first = self.first_positions(inputs, ids)[torch.div(positions, t, rounding_mode="floor")]
+        picked = torch.gather(table, 1, first.clamp(min=0))  # [P, C]
+        return picked * (first >= 0)
 
     def diagonal_bias(self, inputs: torch.Tensor, hidden: torch.Tensor,
                       ids: torch.Tensor) -> torch.Tensor:
