@@ -17,8 +17,12 @@ from metaflow import (  # noqa: E402
     Parameter,
     card,
     current,
+    project,
     resources,
+    retry,
+    schedule,
     step,
+    timeout,
 )
 
 from recmodel import pipeline  # noqa: E402
@@ -26,6 +30,8 @@ from recmodel import pipeline  # noqa: E402
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+@project(name="music_retriever")
+@schedule(daily=True)
 class TwoStageFlow(FlowSpec):
     """Extract sessions, pretrain with logQ-corrected sampled softmax, distil a ranker, compare.
 
@@ -62,6 +68,9 @@ class TwoStageFlow(FlowSpec):
                                         "request_ts, score) used instead of the built-in ranker.")
     overrides = Parameter("overrides", type=JSONType, default="{}",
                           help='Preset overrides as JSON, e.g. \'{"train": {"epochs": 2}}\'.')
+    warm_start = Parameter("warm-start", default="",
+                           help="Start pretraining from a past run: latest, champion or a run "
+                                "id (known tracks keep their vectors); empty = from scratch.")
 
     @card(type="blank")
     @step
@@ -70,9 +79,12 @@ class TwoStageFlow(FlowSpec):
         resolved = pipeline.start(self.preset, self.overrides, self.source, self.events,
                                   self.items, self.ranker_scores_path)
         self.config, self.inputs, self.input_checks = resolved
+        self.warm_start_run = pipeline.resolve_warm_start(self.warm_start, current.flow_name)
         self.next(self.extract_sessions)
 
     @card(type="blank")
+    @retry(times=2)
+    @timeout(hours=4)
     @resources(memory=8_000, cpu=2)
     @step
     def extract_sessions(self):
@@ -92,26 +104,33 @@ class TwoStageFlow(FlowSpec):
         self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
 
     @card(type="blank", id="training", refresh_interval=5)
+    @retry(times=1)
+    @timeout(hours=12)
     @resources(gpu=1, memory=16_000, cpu=4)
     @step
     def pretrain(self):
         """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
         out = pipeline.pretrain(self.config, self.tables, self.item_frequency, "sasrec_pretrain",
-                                pipeline.RunTables(self), current.card["training"])
+                                pipeline.RunTables(self), current.card["training"],
+                                self.warm_start_run)
         self.pretrain_checkpoint, self.model_results = out
         self.next(self.materialize_ranker_scores)
 
     @card(type="blank", id="training", refresh_interval=5)
+    @retry(times=1)
+    @timeout(hours=12)
     @resources(gpu=1, memory=16_000, cpu=4)
     @step
     def pretrain_no_logq(self):
         """The single-stage baseline: the same model and budget without logQ correction."""
         out = pipeline.pretrain(self.config, self.tables, self.item_frequency, "sasrec_no_logq",
-                                pipeline.RunTables(self), current.card["training"])
+                                pipeline.RunTables(self), current.card["training"],
+                                self.warm_start_run)
         self.no_logq_checkpoint, self.model_results = out
         self.next(self.join)
 
     @card(type="blank")
+    @timeout(hours=6)
     @resources(memory=8_000, cpu=2)
     @step
     def baselines(self):
@@ -130,6 +149,8 @@ class TwoStageFlow(FlowSpec):
         self.next(self.finetune)
 
     @card(type="blank", id="training", refresh_interval=5)
+    @retry(times=1)
+    @timeout(hours=6)
     @resources(gpu=1, memory=16_000, cpu=4)
     @step
     def finetune(self):
@@ -146,7 +167,7 @@ class TwoStageFlow(FlowSpec):
         """Gather every model's results into one recommendations table."""
         self.merge_artifacts(inputs, include=["config", "inputs", "input_checks", "tables",
                                               "sql_queries", "data_summary", "test_targets",
-                                              "item_frequency", "q_summary"])
+                                              "item_frequency", "q_summary", "warm_start_run"])
         by_step = {inp._current_step: inp for inp in inputs}
         self.pretrain_checkpoint = by_step["finetune"].pretrain_checkpoint
         self.finetune_checkpoint = by_step["finetune"].finetune_checkpoint
@@ -174,7 +195,12 @@ class TwoStageFlow(FlowSpec):
 
     @step
     def end(self):
-        """Log where the report is."""
+        """Export the retriever for serving, then gate it against the branch's champion."""
+        self.serving = pipeline.export_serving(self.finetune_checkpoint, self.tables,
+                                               pipeline.RunTables(self))
+        # ``self.report`` is the step method here; the artifact is read through the Client API.
+        self.champion_decision = pipeline.gate_champion(self.config, current.flow_name,
+                                                        current.run_id)
         pipeline.log_summary(self.report_files)
 
 

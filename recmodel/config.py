@@ -48,6 +48,7 @@ class SyntheticConfig:
     favourite_lifetime_days: float = 30.0  # mean time a track stays in heavy rotation
     taste_drift: float = 0.5  # share of genre taste that moves to a second profile by the end
     missing_share: float = 0.03  # share of tracks lacking each of genre, tempo, embedding
+    n_scenes: int = 20  # listener communities sharing genres and followed artists (CF structure)
 
     def __post_init__(self) -> None:
         _check(self.n_users > 0 and self.n_tracks > 0, "synthetic: n_users and n_tracks must be > 0")
@@ -57,8 +58,8 @@ class SyntheticConfig:
                "synthetic: need sessions_per_user_per_day > 0 and mean_session_length >= 1")
         _check(self.acoustic_dim >= 1 and self.row_group_size >= 1 and self.mean_album_size >= 1,
                "synthetic: acoustic_dim, row_group_size and mean_album_size must be >= 1")
-        _check(self.n_favourite_artists >= 1 and self.n_favourite_tracks >= 1,
-               "synthetic: n_favourite_artists and n_favourite_tracks must be >= 1")
+        _check(min(self.n_favourite_artists, self.n_favourite_tracks, self.n_scenes) >= 1,
+               "synthetic: n_favourite_artists, n_favourite_tracks and n_scenes must be >= 1")
         _check(self.favourite_lifetime_days > 0 and self.activity_sigma >= 0,
                "synthetic: need favourite_lifetime_days > 0 and activity_sigma >= 0")
         _check(all(0 <= x <= 1 for x in (self.new_user_share, self.taste_drift,
@@ -215,6 +216,8 @@ class EvalConfig:
     max_test_users: int = 0  # 0 = all test users
     chunk_items: int = 65_536  # catalog chunk of the top-k scan (bounds memory)
     bootstrap_samples: int = 1_000
+    gate_metric: str = "ndcg@10"  # champion gating compares sasrec_two_stage on this metric
+    gate_tolerance: float = 0.005  # a new run may be this much worse and still be promoted
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -274,10 +277,7 @@ def from_dict(data: dict[str, Any], name: str = "custom") -> PipelineConfig:
 def resolve_preset(preset: str) -> Path:
     """A preset is a name in ``configs/`` (``tiny``) or a path to a TOML file."""
     path = Path(preset)
-    if path.suffix == ".toml" or path.exists():
-        candidate = path
-    else:
-        candidate = CONFIG_DIR / f"{preset}.toml"
+    candidate = path if path.suffix == ".toml" or path.exists() else CONFIG_DIR / f"{preset}.toml"
     if not candidate.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
         raise ConfigError(f"preset {preset!r} not found (looked for {candidate}); "

@@ -17,22 +17,31 @@ from typing import Any
 import duckdb
 
 from recmodel.config import PipelineConfig, from_dict, load_preset
-from recmodel.pipeline_models import (  # noqa: F401  (the flow's model steps)
-    baselines,
-    finetune,
-    join_recommendations,
-    materialize_ranker_scores,
-    merge_results,
-    pretrain,
-    train_history,
-)
-from recmodel.pipeline_report import report  # noqa: F401
 from recmodel.sources import SourceSpec, register_source, validate_source
 from recmodel.tables import TableRef, publish, run_table_root, write_table
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"  # inputs["kind"] of the built-in generator
+
+# The model steps live in their own modules and are imported on first use: every step (and
+# every card render) imports the flow file, and the data steps should not pay for torch.
+_LAZY = {
+    **dict.fromkeys(("baselines", "finetune", "join_recommendations",
+                     "materialize_ranker_scores", "merge_results", "pretrain", "train_history"),
+                    "recmodel.pipeline_models"),
+    "report": "recmodel.pipeline_report",
+    "export_serving": "recmodel.pipeline_publish",
+    "gate_champion": "recmodel.pipeline_publish",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
 
 
 class RunTables:
@@ -153,6 +162,17 @@ def estimate_q(config: dict, refs: dict, tables: RunTables) -> tuple[TableRef, d
         queries = summary.pop("queries")
         ref = tables.publish(path, "item_frequency")
     return ref, summary, queries
+
+
+def resolve_warm_start(spec: str, flow_name: str) -> str | None:
+    """The pathspec of the run to warm-start from (resolved once, in ``start``), or None."""
+    if not spec:
+        return None
+    from recmodel.warm_start import resolve_warm_start as resolve
+
+    run = resolve(spec, flow_name)
+    log.info("warm start: %s", run.pathspec if run is not None else "none found, cold start")
+    return None if run is None else run.pathspec
 
 
 def log_summary(files: dict) -> None:

@@ -39,6 +39,7 @@ class StepData:
     test: TestSet
     user_ids: pa.Array  # original id of each user_idx
     item_ids: pa.Array  # original id of each item_idx (entry 0 is padding)
+    refs: dict  # the extracted tables' references
 
 
 def load_step_data(config: dict, refs: dict[str, TableRef]) -> StepData:
@@ -54,7 +55,7 @@ def load_step_data(config: dict, refs: dict[str, TableRef]) -> StepData:
     user_ids = users.sort_by(Columns.USER_IDX).column(Columns.USER).combine_chunks()
     item_col = items.sort_by(Columns.ITEM_IDX).column(Columns.ITEM).combine_chunks()
     item_ids = pa.concat_arrays([pa.nulls(1, item_col.type), item_col])  # index 0 = padding
-    return StepData(cfg, dataset, build_test_set(dataset, cfg.eval), user_ids, item_ids)
+    return StepData(cfg, dataset, build_test_set(dataset, cfg.eval), user_ids, item_ids, refs)
 
 
 def q_counts(q_ref: TableRef, n_items: int) -> np.ndarray:
@@ -87,8 +88,58 @@ def _n_params(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+CHECKPOINT_OF = {"sasrec_pretrain": "pretrain_checkpoint", "sasrec_no_logq": "no_logq_checkpoint"}
+STEP_OF = {"sasrec_pretrain": "pretrain", "sasrec_no_logq": "pretrain_no_logq"}  # flow steps
+
+
+def _state_dir(tables: Any) -> str | None:
+    """Where a step keeps its training state (None for tables without a run root)."""
+    from recmodel.train_state import STATE_DIR
+
+    root = getattr(tables, "root", None)
+    return None if root is None else f"{root}/{STATE_DIR}"
+
+
+def _state_store(tables: Any, name: str):
+    """Durable training state of model ``name``: a retry of the step continues from it."""
+    from recmodel.train_state import TrainStateStore, checkpoint_every, inject_fault
+
+    state_dir = _state_dir(tables)
+    if state_dir is None:
+        return None
+
+    def after_epoch(epoch: int) -> None:  # $RECMODEL_FAIL_ONCE=pretrain:epochK
+        inject_fault(STEP_OF[name], f"epoch{epoch}", state_dir)
+
+    return TrainStateStore(f"{state_dir}/{name}.pt", checkpoint_every(), after_epoch)
+
+
+def _maybe_fail(stage: str, tables: Any) -> None:
+    """A fault at the start of ``stage`` when $RECMODEL_FAIL_ONCE asks for one (tests)."""
+    from recmodel.train_state import inject_fault
+
+    state_dir = _state_dir(tables)
+    if state_dir is not None:
+        inject_fault(stage, "start", state_dir)
+
+
+def _warm_state(run_pathspec: str | None, name: str, data: StepData) -> tuple[dict | None, dict]:
+    """Initial weights from a past run's checkpoint of the same model, or None."""
+    if not run_pathspec:
+        return None, {}
+    from metaflow import Run
+
+    from recmodel.model import Retriever
+    from recmodel.warm_start import warm_start_from_run
+
+    fresh = Retriever(data.dataset.items, data.cfg.model)
+    items = read_table(data.refs["items"])
+    ws = warm_start_from_run(Run(run_pathspec), fresh, items, artifact=CHECKPOINT_OF[name])
+    return ws.state, ws.summary
+
+
 def pretrain(config: dict, refs: dict, q_ref: TableRef, name: str, tables: Any,
-             card: Any = None) -> tuple[dict, dict]:
+             card: Any = None, warm_start_run: str | None = None) -> tuple[dict, dict]:
     """Pretrain the retriever (``sasrec_pretrain``) or its no-logQ twin (``sasrec_no_logq``).
 
     Returns:
@@ -97,21 +148,25 @@ def pretrain(config: dict, refs: dict, q_ref: TableRef, name: str, tables: Any,
     """
     from recmodel.train import pretrain as train_retriever
 
+    _maybe_fail(STEP_OF[name], tables)
     data = load_step_data(config, refs)
     cfg = data.cfg
     logq = TRANSFORMER_LOGQ[name] or cfg.train.logq
     train_cfg = dataclasses.replace(cfg.train, logq=logq)
     live = TrainingCard(card, f"{name} (logQ: {logq})")
     counts = q_counts(q_ref, data.dataset.n_items)
+    init_state, warm = _warm_state(warm_start_run, name, data)
     result = train_retriever(data.dataset, counts, cfg.model, train_cfg, cfg.q, cfg.eval,
-                             progress=live.update)
+                             progress=live.update, init_state=init_state,
+                             state_store=_state_store(tables, name))
     live.finish(result.history)
     items, scores = result.model.recommend(data.test.histories, data.test.users, REC_K,
                                            exclude=_exclude(data),
                                            chunk_items=cfg.eval.chunk_items)
     entry = model_result(data, name, items, scores, tables, fit_seconds=result.seconds,
                          model_size=_n_params(result.model), history=result.history,
-                         best_epoch=result.best_epoch, logq=logq)
+                         best_epoch=result.best_epoch, logq=logq, warm_start=warm,
+                         resumed_from=result.resumed_from)
     checkpoint = {"safetensors": result.checkpoint, "model_config": result.model_config}
     return checkpoint, {name: entry}
 
@@ -227,6 +282,7 @@ def finetune(config: dict, refs: dict, q_ref: TableRef, checkpoint: dict, scores
     from recmodel.distributed import resolve_device
     from recmodel.finetune import finetune as distil
 
+    _maybe_fail("finetune", tables)
     data = load_step_data(config, refs)
     cfg = data.cfg
     device = resolve_device(cfg.train.device)

@@ -1,7 +1,9 @@
 """One end-to-end run of TwoStageFlow on the tiny preset, shared by every test in this file."""
 
+import base64
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,9 +102,27 @@ def test_report(run):
     assert "distillation" in report
 
 
-def test_card_renders(run, tmp_path):
+def _card_payload(html: str) -> str:
+    """The card's components, which Metaflow embeds in the page as base64 JSON."""
+    encoded = re.search(r'__MF_DATA__\["[^"]+"\] = "([A-Za-z0-9+/=]+)"', html).group(1)
+    return base64.b64decode(encoded).decode()
+
+
+def test_report_card_renders(run, tmp_path):
     out = tmp_path / "report.html"
     cmd = [sys.executable, str(FLOW), "card", "get", f"{run.id}/report", "--id", "report",
            str(out)]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=os.environ.copy())
-    assert "sasrec_two_stage" in out.read_text()
+    payload = _card_payload(out.read_text())
+    assert "Model comparison on the same test users" in payload
+    assert all(model in payload for model in MODELS)
+
+
+def test_end_exports_serving_files_and_gates_the_champion(run):
+    end = run["end"].task
+    serving = end["serving"].data
+    assert {"item_vectors.npy", "query_encoder.pt", "manifest.json"} <= {
+        os.path.basename(uri) for uri in serving["files"].values()}
+    decision = end["champion_decision"].data
+    assert decision["promote"] is True  # the first run of a branch has no champion to beat
+    assert "champion" in run.tags
