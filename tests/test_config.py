@@ -39,7 +39,7 @@ def test_missing_preset_lists_builtin_ones():
 
 def test_preset_from_path(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text('[model]\nd_model = 16\nn_heads = 4\n')
+    path.write_text("[model]\nd_model = 16\nn_heads = 4\n")
     cfg = load_preset(str(path))
     assert (cfg.name, cfg.model.d_model) == ("mine", 16)
 
