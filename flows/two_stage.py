@@ -92,6 +92,7 @@ class TwoStageFlow(FlowSpec):
         out = pipeline.extract_sessions(self.config, self.inputs, pipeline.RunTables(self))
         self.tables, self.sql_queries, self.data_summary = out
         self.test_targets = self.tables["test_targets"]
+        pipeline.data_card(current.card, self.data_summary)
         self.next(self.estimate_q)
 
     @card(type="blank")
@@ -99,7 +100,7 @@ class TwoStageFlow(FlowSpec):
     def estimate_q(self):
         """The Q table: smoothed item frequencies that negatives are drawn from."""
         self.item_frequency, self.q_summary, q_queries = pipeline.estimate_q(
-            self.config, self.tables, pipeline.RunTables(self))
+            self.config, self.tables, pipeline.RunTables(self), current.card)
         self.sql_queries = self.sql_queries + q_queries
         self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
 
@@ -136,6 +137,7 @@ class TwoStageFlow(FlowSpec):
     def baselines(self):
         """Popularity, the user's own favourites, item-kNN and implicit ALS."""
         self.model_results = pipeline.baselines(self.config, self.tables, pipeline.RunTables(self))
+        pipeline.results_card(current.card, "Baselines", self.model_results)
         self.next(self.join)
 
     @card(type="blank")
@@ -146,6 +148,7 @@ class TwoStageFlow(FlowSpec):
         self.ranker_scores, self.ranker_quality, self.ranker = (
             pipeline.materialize_ranker_scores(self.config, self.inputs, self.tables,
                                                self.pretrain_checkpoint, pipeline.RunTables(self)))
+        pipeline.ranker_card(current.card, self.ranker_quality)
         self.next(self.finetune)
 
     @card(type="blank", id="training", refresh_interval=5)

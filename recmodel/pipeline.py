@@ -18,7 +18,8 @@ import duckdb
 
 from recmodel.config import PipelineConfig, from_dict, load_preset
 from recmodel.sources import SourceSpec, register_source, validate_source
-from recmodel.tables import TableRef, publish, run_table_root, write_table
+from recmodel.step_cards import data_card, q_card, ranker_card, results_card  # noqa: F401
+from recmodel.tables import TableRef, publish, read_table, run_table_root, write_table
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,9 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
 # -- estimate_q ----------------------------------------------------------------------------
 
 
-def estimate_q(config: dict, refs: dict, tables: RunTables) -> tuple[TableRef, dict, list]:
-    """Estimate the Q table from the pretrain window's targets."""
+def estimate_q(config: dict, refs: dict, tables: RunTables,
+               card: Any = None) -> tuple[TableRef, dict, list]:
+    """Estimate the Q table from the pretrain window's targets (and show its shape)."""
     from recmodel.qtable import estimate_q as run_q
     from recmodel.tables import local_path
 
@@ -161,6 +163,8 @@ def estimate_q(config: dict, refs: dict, tables: RunTables) -> tuple[TableRef, d
                               cfg.q, Path(tmp) / "item_frequency.parquet")
         queries = summary.pop("queries")
         ref = tables.publish(path, "item_frequency")
+    q = read_table(ref, columns=["q"]).column("q").to_numpy()
+    q_card(card, summary, q)
     return ref, summary, queries
 
 

@@ -1,0 +1,116 @@
+"""Cards of the data and model steps: what a person checks in the Metaflow UI after a run.
+
+Each function appends components to ``current.card`` of its step; with ``card=None`` (outside
+Metaflow) it does nothing, so the step logic stays testable without a run.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+WINDOWS = ("pretrain", "finetune", "val", "test")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def data_card(card: Any, summary: dict) -> None:
+    """Counts per extraction stage and per split window, and the split times."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown, Table
+
+    card.append(Markdown(f"# Extracted sessions\n\nSource: `{summary.get('source')}` · "
+                         f"{_fmt(summary.get('n_events'))} listen+ events, "
+                         f"{_fmt(summary.get('n_users'))} users, "
+                         f"{_fmt(summary.get('n_items'))} tracks, "
+                         f"{_fmt(summary.get('n_test_users'))} test users"))
+    final = summary.get("stages", {}).get("final", {})
+    rows = [[w, *(_fmt(final.get(w, {}).get(c)) for c in ("events", "users", "items"))]
+            for w in WINDOWS if w in final]
+    card.append(Markdown("## Split windows"))
+    card.append(Table(rows, headers=["window", "events", "users", "tracks"]))
+    times = summary.get("split_times", {})
+    card.append(Table([[k, v.get("iso", "")] for k, v in times.items() if isinstance(v, dict)],
+                      headers=["boundary", "time (UTC)"]))
+    dropped = summary.get("dropped", {})
+    card.append(Markdown("## Dropped events"))
+    card.append(Table([[k, _fmt(v)] for k, v in dropped.items()], headers=["reason", "events"]))
+
+
+def q_card(card: Any, summary: dict, q: np.ndarray) -> None:
+    """The shape of Q: entropy, head mass and the rank-frequency curve."""
+    if card is None:
+        return
+    from metaflow.cards import Image, Markdown, Table
+
+    card.append(Markdown("# Q: item frequencies that negatives are drawn from"))
+    card.append(Table([[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, (list, dict))],
+                      headers=["statistic", "value"]))
+    card.append(Image(_rank_plot(q), label="q by popularity rank (log-log)"))
+
+
+def _rank_plot(q: np.ndarray) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ranked = np.sort(q)[::-1]
+    ax.loglog(np.arange(1, len(ranked) + 1), ranked)
+    ax.set_xlabel("popularity rank")
+    ax.set_ylabel("q")
+    ax.set_title("Item frequency distribution Q")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def results_card(card: Any, title: str, results: dict) -> None:
+    """One row per model: status, fit time, size and its test metrics as logged."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown, Table
+
+    card.append(Markdown(f"# {title}\n\nTest metrics as computed in this step; the report "
+                         "recomputes every number from the recommendations table."))
+    rows = []
+    for name, entry in results.items():
+        metrics = entry.get("metrics", {})
+        rows.append([name, entry.get("status", ""), _fmt(entry.get("fit_seconds")),
+                     _fmt(entry.get("model_size")), _fmt(metrics.get("ndcg@10")),
+                     _fmt(metrics.get("recall@100")), entry.get("error") or ""])
+    card.append(Table(rows, headers=["model", "status", "fit s", "size", "NDCG@10",
+                                     "Recall@100", "error"]))
+
+
+def ranker_card(card: Any, quality: dict) -> None:
+    """The ranker's own quality on held-out rows and its feature importances."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown, Table
+
+    ndcg = quality.get("ndcg@10", {})
+    lines = [f"- **source**: {quality.get('source')}",
+             f"- **held-out AUC**: {_fmt(quality.get('auc'))}",
+             f"- **requests / candidates**: {_fmt(quality.get('n_requests'))} / "
+             f"{_fmt(quality.get('n_candidates'))}"]
+    if isinstance(ndcg, dict):
+        lines += [f"- **NDCG@10 of candidates ordered by {k}**: {_fmt(v)}" for k, v in ndcg.items()]
+    card.append(Markdown("# Ranker\n\n" + "\n".join(lines)))
+    importance = quality.get("importance") or {}
+    rows = sorted(importance.items(), key=lambda kv: -kv[1])
+    if rows:
+        card.append(Table([[k, _fmt(v)] for k, v in rows],
+                          headers=["feature", "permutation importance"]))
