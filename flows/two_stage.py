@@ -17,6 +17,7 @@ from metaflow import (  # noqa: E402
     Parameter,
     card,
     current,
+    package_sources,
     project,
     resources,
     retry,
@@ -32,6 +33,9 @@ logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(messag
 
 @project(name="music_retriever")
 @schedule(daily=True)
+# Remote steps (Argo, Step Functions, --with kubernetes) unpack the code package: it must
+# carry the package, the SQL files and the presets, not only this file.
+@package_sources(["../recmodel", "../sql", "../configs"], suffixes=[".py", ".sql", ".toml"])
 class TwoStageFlow(FlowSpec):
     """Extract sessions, pretrain with logQ-corrected sampled softmax, distil a ranker, compare.
 

@@ -180,12 +180,12 @@ class RankerConfig:
 class FinetuneConfig:
     """Pairwise logit-loss distillation of the ranker into the retriever."""
 
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 32  # requests per step
-    lr: float = 2e-4
-    sparse_lr: float = 2e-3
+    lr: float = 2e-3  # tuned on validation NDCG@10 of the default preset (2e-4 never improved)
+    sparse_lr: float = 2e-2
     pair_weighting: str = "none"  # "none" or "rank_gap"
-    softmax_weight: float = 0.1  # share of the sampled-softmax term that keeps the geometry
+    softmax_weight: float = 0.5  # weight of the next-item sampled-softmax term on the requests
     patience: int = 2
 
     def __post_init__(self) -> None:

@@ -102,7 +102,8 @@ def _state_dir(tables: Any) -> str | None:
 
 def _state_store(tables: Any, name: str):
     """Durable training state of model ``name``: a retry of the step continues from it."""
-    from recmodel.train_state import TrainStateStore, checkpoint_every, inject_fault
+    from recmodel.fault_injection import inject_fault
+    from recmodel.train_state import TrainStateStore, checkpoint_every
 
     state_dir = _state_dir(tables)
     if state_dir is None:
@@ -116,7 +117,7 @@ def _state_store(tables: Any, name: str):
 
 def _maybe_fail(stage: str, tables: Any) -> None:
     """A fault at the start of ``stage`` when $RECMODEL_FAIL_ONCE asks for one (tests)."""
-    from recmodel.train_state import inject_fault
+    from recmodel.fault_injection import inject_fault
 
     state_dir = _state_dir(tables)
     if state_dir is not None:

@@ -11,6 +11,7 @@ Progress reports and non-finite loss checks live in :mod:`recmodel.progress`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -37,6 +38,7 @@ from recmodel.objective import CandidateSampler, DeviceBatch, next_item_loss
 from recmodel.optim import RetrieverOptimizer, build_optimizer
 from recmodel.progress import ProgressFn, TrainingError, TrainingMonitor, format_record
 from recmodel.sampling import NegativeSampler
+from recmodel.train_state import TrainStateStore
 from recmodel.validation import VAL_METRIC, evaluate_retriever, validation_set
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class TrainResult:
         seconds: wall time of the whole call.
         checkpoint: safetensors bytes of the best weights (empty on ranks other than 0).
         model_config: :func:`recmodel.checkpoint.model_config_dict` of the model.
+        resumed_from: ``{"epoch", "step"}`` where this call continued a saved training state,
+            None when it started from scratch.
     """
 
     model: Retriever
@@ -65,6 +69,7 @@ class TrainResult:
     seconds: float
     checkpoint: bytes
     model_config: dict[str, Any] = field(default_factory=dict)
+    resumed_from: dict[str, int] | None = None
 
 
 def pretrain(
@@ -77,6 +82,7 @@ def pretrain(
     *,
     progress: ProgressFn | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
+    state_store: TrainStateStore | None = None,
 ) -> TrainResult:
     """Train a retriever on the pretrain window with early stopping on the validation window.
 
@@ -88,6 +94,9 @@ def pretrain(
         progress: called on rank 0 every ``recmodel.progress.PROGRESS_EVERY`` steps and at the end of each epoch
             with ``step, epoch, loss, steps_per_s, positions_per_s, eta_s``.
         init_state: weights to start from (a ``state_dict``), e.g. a previous checkpoint.
+        state_store: where the full training state is saved during training; when it holds
+            the state of an interrupted call with the same configuration and data, training
+            continues from there (:mod:`recmodel.train_state`).
 
     Raises:
         TrainingError: the loss became NaN or infinite.
@@ -109,6 +118,7 @@ def pretrain(
             ctx,
             progress,
             init_state,
+            state_store,
         )
         return run.fit()
     finally:
@@ -193,8 +203,13 @@ class _Run:
         ctx: DistContext,
         progress: ProgressFn | None,
         init_state: dict[str, torch.Tensor] | None,
+        state_store: TrainStateStore | None = None,
     ):
         self.ctx, self.cfg, self.cfg_eval = ctx, cfg_train, cfg_eval
+        self.store = state_store
+        self.history: list[dict[str, Any]] = []
+        self.best = _Best()
+        self.stopped = False  # early stopping ended the training
         self.start = time.perf_counter()
         self.model = build_model(dataset.items, cfg_model, cfg_train.seed, init_state, ctx)
         self.model_config = model_config_dict(cfg_model, dataset.items)
@@ -236,28 +251,40 @@ class _Run:
         )
 
     def fit(self) -> TrainResult:
-        history: list[dict[str, Any]] = []
-        best = _Best()
-        for epoch in range(self.cfg.epochs):
-            record = self._train_epoch(epoch)  # epoch, loss, seconds (training), positions_per_s
+        resumed = self.store.resume(self) if self.store is not None else None
+        first, skip = (resumed["epoch"], resumed["step"]) if resumed else (0, 0)
+        history, best = self.history, self.best  # restored by a resume
+        for epoch in range(first, self.cfg.epochs):
+            if self.stopped:
+                break
+            record = self._train_epoch(epoch, skip if epoch == first else 0)
             record.update(self._validate())
             history.append(record)
             logger.info("epoch %d: %s", epoch, format_record(record))
             if best.update(epoch, record.get(VAL_METRIC, math.nan)):
                 best.state = state_bytes(self.model, self.model_config) if self.ctx.is_main else b""
-            elif best.stale >= self.cfg.patience:
+            else:
+                self.stopped = best.stale >= self.cfg.patience
+            if self.store is not None:
+                self.store.save_epoch(self, epoch)
+            if self.stopped:
                 logger.info("early stop after epoch %d (best epoch %d)", epoch, best.epoch)
-                break
         self._restore(best.state, best.epoch != len(history) - 1)
         seconds = time.perf_counter() - self.start
         return TrainResult(
-            self.model.eval(), history, best.epoch, seconds, best.state, self.model_config
+            self.model.eval(), history, best.epoch, seconds, best.state, self.model_config, resumed
         )
 
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+    def _train_epoch(self, epoch: int, skip: int = 0) -> dict[str, Any]:
+        """Train one epoch from its step ``skip`` on (> 0 when resuming inside it).
+
+        Returns:
+            ``epoch``, ``loss``, ``seconds`` (training only) and ``positions_per_s``.
+        """
         self.model.train()
         self.monitor.start_epoch()
-        for step in self.batcher.epoch(epoch):
+        # Batches are a pure function of (seed, epoch): skipped ones are built, never trained on.
+        for step in itertools.islice(self.batcher.epoch(epoch), skip, None):
             loss = train_step(
                 self.model,
                 self.optimizer,
@@ -268,6 +295,8 @@ class _Run:
                 self.ctx,
             )
             self.monitor.record(loss, epoch, step)
+            if self.store is not None:
+                self.store.maybe_save(self, epoch, step.index + 1)
         return {"epoch": epoch, **self.monitor.end_epoch()}
 
     def _validate(self) -> dict[str, Any]:
