@@ -60,28 +60,53 @@ class TwoStageFlow(FlowSpec):
                                end
     """
 
-    preset = Parameter("preset", default="default",
-                       help="Preset name in configs/ (tiny, default, large) or a TOML path.")
-    events = Parameter("events", default="",
-                       help="Events file, glob or directory; empty = built-in synthetic data.")
+    preset = Parameter(
+        "preset",
+        default="default",
+        help="Preset name in configs/ (tiny, default, large) or a TOML path.",
+    )
+    events = Parameter(
+        "events",
+        default="",
+        help="Events file, glob or directory; empty = built-in synthetic data.",
+    )
     items = Parameter("items", default="", help="Optional item metadata table.")
-    source = Parameter("source", default="canonical",
-                       help="Input layout: canonical, yambda, lastfm1k or movielens.")
-    ranker_scores_path = Parameter("ranker-scores", default="",
-                                   help="A production ranker's scores (user_id, item_id, "
-                                        "request_ts, score) used instead of the built-in ranker.")
-    overrides = Parameter("overrides", type=JSONType, default="{}",
-                          help='Preset overrides as JSON, e.g. \'{"train": {"epochs": 2}}\'.')
-    warm_start = Parameter("warm-start", default="",
-                           help="Start pretraining from a past run: latest, champion or a run "
-                                "id (known tracks keep their vectors); empty = from scratch.")
+    source = Parameter(
+        "source",
+        default="canonical",
+        help="Input layout: canonical, yambda, lastfm1k or movielens.",
+    )
+    ranker_scores_path = Parameter(
+        "ranker-scores",
+        default="",
+        help="A production ranker's scores (user_id, item_id, "
+        "request_ts, score) used instead of the built-in ranker.",
+    )
+    overrides = Parameter(
+        "overrides",
+        type=JSONType,
+        default="{}",
+        help='Preset overrides as JSON, e.g. \'{"train": {"epochs": 2}}\'.',
+    )
+    warm_start = Parameter(
+        "warm-start",
+        default="",
+        help="Start pretraining from a past run: latest, champion or a run "
+        "id (known tracks keep their vectors); empty = from scratch.",
+    )
 
     @card(type="blank")
     @step
     def start(self):
         """Resolve the configuration and validate the input before anything expensive."""
-        resolved = pipeline.start(self.preset, self.overrides, self.source, self.events,
-                                  self.items, self.ranker_scores_path)
+        resolved = pipeline.start(
+            self.preset,
+            self.overrides,
+            self.source,
+            self.events,
+            self.items,
+            self.ranker_scores_path,
+        )
         self.config, self.inputs, self.input_checks = resolved
         self.warm_start_run = pipeline.resolve_warm_start(self.warm_start, current.flow_name)
         self.next(self.extract_sessions)
@@ -104,7 +129,8 @@ class TwoStageFlow(FlowSpec):
     def estimate_q(self):
         """The Q table: smoothed item frequencies that negatives are drawn from."""
         self.item_frequency, self.q_summary, q_queries = pipeline.estimate_q(
-            self.config, self.tables, pipeline.RunTables(self), current.card)
+            self.config, self.tables, pipeline.RunTables(self), current.card
+        )
         self.sql_queries = self.sql_queries + q_queries
         self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
 
@@ -115,9 +141,15 @@ class TwoStageFlow(FlowSpec):
     @step
     def pretrain(self):
         """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
-        out = pipeline.pretrain(self.config, self.tables, self.item_frequency, "sasrec_pretrain",
-                                pipeline.RunTables(self), current.card["training"],
-                                self.warm_start_run)
+        out = pipeline.pretrain(
+            self.config,
+            self.tables,
+            self.item_frequency,
+            "sasrec_pretrain",
+            pipeline.RunTables(self),
+            current.card["training"],
+            self.warm_start_run,
+        )
         self.pretrain_checkpoint, self.model_results = out
         self.next(self.materialize_ranker_scores)
 
@@ -128,9 +160,15 @@ class TwoStageFlow(FlowSpec):
     @step
     def pretrain_no_logq(self):
         """The single-stage baseline: the same model and budget without logQ correction."""
-        out = pipeline.pretrain(self.config, self.tables, self.item_frequency, "sasrec_no_logq",
-                                pipeline.RunTables(self), current.card["training"],
-                                self.warm_start_run)
+        out = pipeline.pretrain(
+            self.config,
+            self.tables,
+            self.item_frequency,
+            "sasrec_no_logq",
+            pipeline.RunTables(self),
+            current.card["training"],
+            self.warm_start_run,
+        )
         self.no_logq_checkpoint, self.model_results = out
         self.next(self.join)
 
@@ -149,9 +187,13 @@ class TwoStageFlow(FlowSpec):
     @step
     def materialize_ranker_scores(self):
         """Score the retriever's candidates with the ranker (or import a production table)."""
-        self.ranker_scores, self.ranker_quality, self.ranker = (
-            pipeline.materialize_ranker_scores(self.config, self.inputs, self.tables,
-                                               self.pretrain_checkpoint, pipeline.RunTables(self)))
+        self.ranker_scores, self.ranker_quality, self.ranker = pipeline.materialize_ranker_scores(
+            self.config,
+            self.inputs,
+            self.tables,
+            self.pretrain_checkpoint,
+            pipeline.RunTables(self),
+        )
         pipeline.ranker_card(current.card, self.ranker_quality)
         self.next(self.finetune)
 
@@ -162,19 +204,38 @@ class TwoStageFlow(FlowSpec):
     @step
     def finetune(self):
         """Distil the ranker into the retriever with the pairwise logit loss."""
-        out = pipeline.finetune(self.config, self.tables, self.item_frequency,
-                                self.pretrain_checkpoint, self.ranker_scores,
-                                self.model_results, self.ranker, pipeline.RunTables(self),
-                                current.card["training"])
+        out = pipeline.finetune(
+            self.config,
+            self.tables,
+            self.item_frequency,
+            self.pretrain_checkpoint,
+            self.ranker_scores,
+            self.model_results,
+            self.ranker,
+            pipeline.RunTables(self),
+            current.card["training"],
+        )
         self.finetune_checkpoint, self.model_results, self.distillation = out
         self.next(self.join)
 
     @step
     def join(self, inputs):
         """Gather every model's results into one recommendations table."""
-        self.merge_artifacts(inputs, include=["config", "inputs", "input_checks", "tables",
-                                              "sql_queries", "data_summary", "test_targets",
-                                              "item_frequency", "q_summary", "warm_start_run"])
+        self.merge_artifacts(
+            inputs,
+            include=[
+                "config",
+                "inputs",
+                "input_checks",
+                "tables",
+                "sql_queries",
+                "data_summary",
+                "test_targets",
+                "item_frequency",
+                "q_summary",
+                "warm_start_run",
+            ],
+        )
         by_step = {inp._current_step: inp for inp in inputs}
         self.pretrain_checkpoint = by_step["finetune"].pretrain_checkpoint
         self.finetune_checkpoint = by_step["finetune"].finetune_checkpoint
@@ -184,8 +245,9 @@ class TwoStageFlow(FlowSpec):
         self.distillation = by_step["finetune"].distillation
         self.model_results = pipeline.merge_results([inp.model_results for inp in inputs])
         self.train_history = pipeline.train_history(self.model_results)
-        self.recommendations = pipeline.join_recommendations(self.model_results,
-                                                             pipeline.RunTables(self))
+        self.recommendations = pipeline.join_recommendations(
+            self.model_results, pipeline.RunTables(self)
+        )
         self.next(self.report)
 
     @card(type="blank", id="report")
@@ -195,19 +257,28 @@ class TwoStageFlow(FlowSpec):
         # The artifact shares its name with this step (DESIGN.md §4): later steps read it through
         # the Client API, where ``task["report"]`` is the artifact, not the method.
         self.report, self.report_files = pipeline.report(
-            self.config, self.tables, self.recommendations, self.model_results,
-            self.data_summary, self.distillation, self.ranker_quality, pipeline.RunTables(self),
-            current.card["report"])
+            self.config,
+            self.tables,
+            self.recommendations,
+            self.model_results,
+            self.data_summary,
+            self.distillation,
+            self.ranker_quality,
+            pipeline.RunTables(self),
+            current.card["report"],
+        )
         self.next(self.end)
 
     @step
     def end(self):
         """Export the retriever for serving, then gate it against the branch's champion."""
-        self.serving = pipeline.export_serving(self.finetune_checkpoint, self.tables,
-                                               pipeline.RunTables(self))
+        self.serving = pipeline.export_serving(
+            self.finetune_checkpoint, self.tables, pipeline.RunTables(self)
+        )
         # ``self.report`` is the step method here; the artifact is read through the Client API.
-        self.champion_decision = pipeline.gate_champion(self.config, current.flow_name,
-                                                        current.run_id)
+        self.champion_decision = pipeline.gate_champion(
+            self.config, current.flow_name, current.run_id
+        )
         pipeline.log_summary(self.report_files)
 
 

@@ -51,20 +51,31 @@ class SyntheticConfig:
     n_scenes: int = 20  # listener communities sharing genres and followed artists (CF structure)
 
     def __post_init__(self) -> None:
-        _check(self.n_users > 0 and self.n_tracks > 0, "synthetic: n_users and n_tracks must be > 0")
+        _check(
+            self.n_users > 0 and self.n_tracks > 0, "synthetic: n_users and n_tracks must be > 0"
+        )
         _check(0 < self.n_artists <= self.n_tracks, "synthetic: need 0 < n_artists <= n_tracks")
         _check(self.n_genres > 0 and self.days > 0, "synthetic: n_genres and days must be > 0")
-        _check(self.sessions_per_user_per_day > 0 and self.mean_session_length >= 1,
-               "synthetic: need sessions_per_user_per_day > 0 and mean_session_length >= 1")
-        _check(self.acoustic_dim >= 1 and self.row_group_size >= 1 and self.mean_album_size >= 1,
-               "synthetic: acoustic_dim, row_group_size and mean_album_size must be >= 1")
-        _check(min(self.n_favourite_artists, self.n_favourite_tracks, self.n_scenes) >= 1,
-               "synthetic: n_favourite_artists, n_favourite_tracks and n_scenes must be >= 1")
-        _check(self.favourite_lifetime_days > 0 and self.activity_sigma >= 0,
-               "synthetic: need favourite_lifetime_days > 0 and activity_sigma >= 0")
-        _check(all(0 <= x <= 1 for x in (self.new_user_share, self.taste_drift,
-                                         self.missing_share)),
-               "synthetic: new_user_share, taste_drift and missing_share must be in [0, 1]")
+        _check(
+            self.sessions_per_user_per_day > 0 and self.mean_session_length >= 1,
+            "synthetic: need sessions_per_user_per_day > 0 and mean_session_length >= 1",
+        )
+        _check(
+            self.acoustic_dim >= 1 and self.row_group_size >= 1 and self.mean_album_size >= 1,
+            "synthetic: acoustic_dim, row_group_size and mean_album_size must be >= 1",
+        )
+        _check(
+            min(self.n_favourite_artists, self.n_favourite_tracks, self.n_scenes) >= 1,
+            "synthetic: n_favourite_artists, n_favourite_tracks and n_scenes must be >= 1",
+        )
+        _check(
+            self.favourite_lifetime_days > 0 and self.activity_sigma >= 0,
+            "synthetic: need favourite_lifetime_days > 0 and activity_sigma >= 0",
+        )
+        _check(
+            all(0 <= x <= 1 for x in (self.new_user_share, self.taste_drift, self.missing_share)),
+            "synthetic: new_user_share, taste_drift and missing_share must be in [0, 1]",
+        )
 
 
 @dataclass(frozen=True)
@@ -88,15 +99,24 @@ class ExtractConfig:
     threads: int = 2  # DuckDB threads
 
     def __post_init__(self) -> None:
-        _check(self.protocol in ("temporal", "leave_last_out"),
-               f"extract.protocol must be 'temporal' or 'leave_last_out', got {self.protocol!r}")
-        _check(0 <= self.listen_threshold_pct <= 100, "extract.listen_threshold_pct must be in [0, 100]")
+        _check(
+            self.protocol in ("temporal", "leave_last_out"),
+            f"extract.protocol must be 'temporal' or 'leave_last_out', got {self.protocol!r}",
+        )
+        _check(
+            0 <= self.listen_threshold_pct <= 100,
+            "extract.listen_threshold_pct must be in [0, 100]",
+        )
         _check(self.session_gap_minutes > 0, "extract.session_gap_minutes must be > 0")
-        _check(min(self.test_days, self.val_days, self.finetune_days) > 0,
-               "extract: test_days, val_days and finetune_days must be > 0")
+        _check(
+            min(self.test_days, self.val_days, self.finetune_days) > 0,
+            "extract: test_days, val_days and finetune_days must be > 0",
+        )
         _check(self.gap_minutes >= 0, "extract.gap_minutes must be >= 0")
-        _check(self.min_user_events >= 1 and self.min_item_events >= 1,
-               "extract: min_user_events and min_item_events must be >= 1")
+        _check(
+            self.min_user_events >= 1 and self.min_item_events >= 1,
+            "extract: min_user_events and min_item_events must be >= 1",
+        )
 
 
 @dataclass(frozen=True)
@@ -155,11 +175,17 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = cores / 2, as two trainings run side by side
 
     def __post_init__(self) -> None:
-        _check(self.negatives in ("shared", "in_batch", "both"),
-               f"train.negatives must be shared, in_batch or both, got {self.negatives!r}")
-        _check(self.logq in ("all", "none", "negatives_only"),
-               f"train.logq must be all, none or negatives_only, got {self.logq!r}")
-        _check(self.epochs >= 1 and self.batch_size >= 1, "train: epochs and batch_size must be >= 1")
+        _check(
+            self.negatives in ("shared", "in_batch", "both"),
+            f"train.negatives must be shared, in_batch or both, got {self.negatives!r}",
+        )
+        _check(
+            self.logq in ("all", "none", "negatives_only"),
+            f"train.logq must be all, none or negatives_only, got {self.logq!r}",
+        )
+        _check(
+            self.epochs >= 1 and self.batch_size >= 1, "train: epochs and batch_size must be >= 1"
+        )
         _check(self.n_negatives >= 1, "train.n_negatives must be >= 1")
 
 
@@ -189,8 +215,10 @@ class FinetuneConfig:
     patience: int = 2
 
     def __post_init__(self) -> None:
-        _check(self.pair_weighting in ("none", "rank_gap"),
-               "finetune.pair_weighting must be 'none' or 'rank_gap'")
+        _check(
+            self.pair_weighting in ("none", "rank_gap"),
+            "finetune.pair_weighting must be 'none' or 'rank_gap'",
+        )
         _check(self.softmax_weight >= 0, "finetune.softmax_weight must be >= 0")
 
 
@@ -247,16 +275,19 @@ class PipelineConfig:
         updates = {}
         for section, values in sections.items():
             current = getattr(self, section)
-            updates[section] = _build(type(current), {**dataclasses.asdict(current), **values},
-                                      section)
+            updates[section] = _build(
+                type(current), {**dataclasses.asdict(current), **values}, section
+            )
         return dataclasses.replace(self, **updates)
 
 
 def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
-    _check(not unknown, f"unknown key(s) in [{section}]: {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(known))}")
+    _check(
+        not unknown,
+        f"unknown key(s) in [{section}]: {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+    )
     coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**coerced)
 
@@ -265,8 +296,10 @@ def from_dict(data: dict[str, Any], name: str = "custom") -> PipelineConfig:
     """Build a PipelineConfig from nested dicts (as parsed from TOML)."""
     sections = {f.name: f for f in dataclasses.fields(PipelineConfig) if f.name != "name"}
     unknown = sorted(set(data) - set(sections) - {"name"})
-    _check(not unknown, f"unknown section(s): {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(sections))}")
+    _check(
+        not unknown,
+        f"unknown section(s): {', '.join(unknown)}; known: {', '.join(sorted(sections))}",
+    )
     built = {}
     for key, fld in sections.items():
         default = fld.default_factory()  # type: ignore[misc]
@@ -280,8 +313,10 @@ def resolve_preset(preset: str) -> Path:
     candidate = path if path.suffix == ".toml" or path.exists() else CONFIG_DIR / f"{preset}.toml"
     if not candidate.is_file():
         names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ConfigError(f"preset {preset!r} not found (looked for {candidate}); "
-                          f"built-in presets: {', '.join(names)}")
+        raise ConfigError(
+            f"preset {preset!r} not found (looked for {candidate}); "
+            f"built-in presets: {', '.join(names)}"
+        )
     return candidate
 
 

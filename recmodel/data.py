@@ -63,8 +63,9 @@ class UserItems:
         data = np.ones(len(self.items), dtype=np.float32)
         # Copies: scipy keeps int32 index arrays as they are and sum_duplicates() sorts them in
         # place, which would scramble this history's time order.
-        mat = sp.csr_matrix((data, self.items.copy(), self.indptr.copy()),
-                            shape=(self.n_users, n_items + 1))
+        mat = sp.csr_matrix(
+            (data, self.items.copy(), self.indptr.copy()), shape=(self.n_users, n_items + 1)
+        )
         mat.sum_duplicates()
         if binary:
             mat.data[:] = 1.0

@@ -45,8 +45,12 @@ def sample_test_users(users: np.ndarray, cfg: EvalConfig) -> np.ndarray:
 
 
 def recommendations_table(
-    model: str, users: np.ndarray, items: np.ndarray, scores: np.ndarray,
-    user_ids: pa.Array, item_ids: pa.Array,
+    model: str,
+    users: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    user_ids: pa.Array,
+    item_ids: pa.Array,
 ) -> pa.Table:
     """Long table ``(model, user_id, item_id, score, rank)`` in original ids.
 
@@ -64,10 +68,12 @@ def recommendations_table(
     flat_users = np.repeat(users, k)  # [U, K] -> [U*K]
     flat_items, flat_scores = items.reshape(-1), scores.reshape(-1).astype(np.float32)
     keep = flat_items > 0
-    return pa.table({
-        Columns.MODEL: pa.array([model] * int(keep.sum()), pa.string()),
-        Columns.USER: user_ids.take(pa.array(flat_users[keep])),
-        Columns.ITEM: item_ids.take(pa.array(flat_items[keep])),
-        Columns.SCORE: pa.array(flat_scores[keep]),
-        Columns.RANK: pa.array(ranks[keep]),
-    })
+    return pa.table(
+        {
+            Columns.MODEL: pa.array([model] * int(keep.sum()), pa.string()),
+            Columns.USER: user_ids.take(pa.array(flat_users[keep])),
+            Columns.ITEM: item_ids.take(pa.array(flat_items[keep])),
+            Columns.SCORE: pa.array(flat_scores[keep]),
+            Columns.RANK: pa.array(ranks[keep]),
+        }
+    )

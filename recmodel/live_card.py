@@ -9,8 +9,15 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 5.0  # Metaflow rate-limits card refreshes; more often is wasted work
-EPOCH_COLUMNS = ("epoch", "loss", "ndcg@10", "recall@10", "recall@100", "seconds",
-                 "positions_per_s")
+EPOCH_COLUMNS = (
+    "epoch",
+    "loss",
+    "ndcg@10",
+    "recall@10",
+    "recall@100",
+    "seconds",
+    "positions_per_s",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -43,9 +50,11 @@ class TrainingCard:
 
     def update(self, progress: dict[str, Any]) -> None:
         """Called by the trainer every few steps and at each epoch end."""
-        line = " · ".join(f"**{k}** {_fmt(v)}" for k, v in progress.items()
-                          if k in ("epoch", "step", "loss", "steps_per_s", "positions_per_s",
-                                   "eta_s", "ndcg@10"))
+        line = " · ".join(
+            f"**{k}** {_fmt(v)}"
+            for k, v in progress.items()
+            if k in ("epoch", "step", "loss", "steps_per_s", "positions_per_s", "eta_s", "ndcg@10")
+        )
         if self._status is None:
             return
         now = time.monotonic()

@@ -296,8 +296,9 @@ class Retriever(nn.Module):
             out_scores.append(top[1])
         return np.concatenate(out_ids), np.concatenate(out_scores)
 
-    def candidate_logits(self, inputs: torch.Tensor, items: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def candidate_logits(
+        self, inputs: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Last hidden state ``[B, D]`` and logits ``[B, C]`` of candidates ``items [B, C]``.
 
         The logits are what :meth:`recommend` ranks by: ``<u, v>`` plus the repeat bonus.
@@ -309,9 +310,15 @@ class Retriever(nn.Module):
             logits = logits + self.repeat.last_bias(inputs, hidden, items)
         return hidden, logits
 
-    def _rescore(self, queries: torch.Tensor, hidden: torch.Tensor, items: torch.Tensor,
-                 window: torch.Tensor, cand: torch.Tensor, k: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _rescore(
+        self,
+        queries: torch.Tensor,
+        hidden: torch.Tensor,
+        items: torch.Tensor,
+        window: torch.Tensor,
+        cand: torch.Tensor,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` of candidates ``cand [b, C]`` by dot product plus the repeat bonus."""
         cand = cand.clamp(min=PAD)  # EMPTY slots become padding, masked below
         scores = torch.einsum("bd,bcd->bc", queries, items[cand])  # [b, C]

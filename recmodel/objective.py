@@ -122,8 +122,9 @@ class CandidateSampler:
         )
 
 
-def repeat_bonus(model: torch.nn.Module, batch: DeviceBatch, hidden: torch.Tensor,
-                 neg_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def repeat_bonus(
+    model: torch.nn.Module, batch: DeviceBatch, hidden: torch.Tensor, neg_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Repeat bonus of the positives ``[P]`` and of the shared negatives ``[P, M]``."""
     b, t = batch.inputs.shape
     targets = torch.zeros(b * t, dtype=torch.long, device=hidden.device)

@@ -28,9 +28,18 @@ SYNTHETIC = "synthetic"  # inputs["kind"] of the built-in generator
 # The model steps live in their own modules and are imported on first use: every step (and
 # every card render) imports the flow file, and the data steps should not pay for torch.
 _LAZY = {
-    **dict.fromkeys(("baselines", "finetune", "join_recommendations",
-                     "materialize_ranker_scores", "merge_results", "pretrain", "train_history"),
-                    "recmodel.pipeline_models"),
+    **dict.fromkeys(
+        (
+            "baselines",
+            "finetune",
+            "join_recommendations",
+            "materialize_ranker_scores",
+            "merge_results",
+            "pretrain",
+            "train_history",
+        ),
+        "recmodel.pipeline_models",
+    ),
     "report": "recmodel.pipeline_report",
     "export_serving": "recmodel.pipeline_publish",
     "gate_champion": "recmodel.pipeline_publish",
@@ -78,8 +87,9 @@ def _connect(cfg: PipelineConfig, temp_dir: str | None = None) -> duckdb.DuckDBP
 # -- start ---------------------------------------------------------------------------------
 
 
-def start(preset: str, overrides: dict, source: str, events: str, items: str,
-          ranker_scores: str) -> tuple[dict, dict, dict]:
+def start(
+    preset: str, overrides: dict, source: str, events: str, items: str, ranker_scores: str
+) -> tuple[dict, dict, dict]:
     """Resolve the configuration and validate every input before anything expensive.
 
     Returns:
@@ -90,8 +100,10 @@ def start(preset: str, overrides: dict, source: str, events: str, items: str,
     if overrides:
         cfg = cfg.replace(**overrides)
     if not events and (items or source != "canonical"):
-        raise ValueError("--items and --source describe your own data: pass --events PATH too "
-                         "(without --events the flow generates synthetic data)")
+        raise ValueError(
+            "--items and --source describe your own data: pass --events PATH too "
+            "(without --events the flow generates synthetic data)"
+        )
     inputs = {"kind": SYNTHETIC, "events": "", "items": "", "ranker_scores": ranker_scores}
     checks: dict[str, Any] = {"warnings": []}
     if events:
@@ -99,7 +111,8 @@ def start(preset: str, overrides: dict, source: str, events: str, items: str,
         con = _connect(cfg)
         checks["source"] = register_source(con, spec)
         checks["warnings"] = validate_source(
-            con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct)
+            con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct
+        )
         inputs.update(kind=source, events=events, items=items)
     if ranker_scores:
         from recmodel.ranker_io import check_ranker_scores_file
@@ -115,8 +128,9 @@ def start(preset: str, overrides: dict, source: str, events: str, items: str,
 
 def _source_spec(cfg: PipelineConfig, inputs: dict, work: Path) -> SourceSpec:
     if inputs["kind"] != SYNTHETIC:
-        return SourceSpec(kind=inputs["kind"], events=inputs["events"],
-                          items=inputs["items"] or None)
+        return SourceSpec(
+            kind=inputs["kind"], events=inputs["events"], items=inputs["items"] or None
+        )
     from recmodel.synthetic import generate
 
     paths = generate(cfg.synthetic, work / "raw")
@@ -142,16 +156,20 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
         validate_source(con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct)
         result = extract(con, cfg.extract, work / "out")
         refs = {name: tables.publish(path, name) for name, path in result.paths.items()}
-    summary = {**result.summary, "source": inputs["kind"],
-               "seconds": round(time.perf_counter() - started, 2)}
+    summary = {
+        **result.summary,
+        "source": inputs["kind"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
     return refs, result.queries, summary
 
 
 # -- estimate_q ----------------------------------------------------------------------------
 
 
-def estimate_q(config: dict, refs: dict, tables: RunTables,
-               card: Any = None) -> tuple[TableRef, dict, list]:
+def estimate_q(
+    config: dict, refs: dict, tables: RunTables, card: Any = None
+) -> tuple[TableRef, dict, list]:
     """Estimate the Q table from the pretrain window's targets (and show its shape)."""
     from recmodel.qtable import estimate_q as run_q
     from recmodel.tables import local_path
@@ -159,8 +177,13 @@ def estimate_q(config: dict, refs: dict, tables: RunTables,
     cfg = config_of(config)
     with tempfile.TemporaryDirectory(prefix="recmodel-q-") as tmp:
         con = _connect(cfg)
-        path, summary = run_q(con, local_path(refs["events"]), local_path(refs["items"]),
-                              cfg.q, Path(tmp) / "item_frequency.parquet")
+        path, summary = run_q(
+            con,
+            local_path(refs["events"]),
+            local_path(refs["items"]),
+            cfg.q,
+            Path(tmp) / "item_frequency.parquet",
+        )
         queries = summary.pop("queries")
         ref = tables.publish(path, "item_frequency")
     q = read_table(ref, columns=["q"]).column("q").to_numpy()
@@ -181,5 +204,4 @@ def resolve_warm_start(spec: str, flow_name: str) -> str | None:
 
 def log_summary(files: dict) -> None:
     """Point at the report at the end of a run."""
-    log.info("report: %s (also: python flows/two_stage.py card view report)",
-             files.get("markdown"))
+    log.info("report: %s (also: python flows/two_stage.py card view report)", files.get("markdown"))

@@ -48,8 +48,9 @@ def load_step_data(config: dict, refs: dict[str, TableRef]) -> StepData:
     torch.manual_seed(cfg.train.seed)
     # Parallel branches share the machine: oversubscribed threads slow small ops many-fold.
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) // 2))
-    dataset = load_dataset(local_path(refs["events"]), local_path(refs["items"]),
-                           local_path(refs["users"]))
+    dataset = load_dataset(
+        local_path(refs["events"]), local_path(refs["items"]), local_path(refs["users"])
+    )
     users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
     items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
     user_ids = users.sort_by(Columns.USER_IDX).column(Columns.USER).combine_chunks()
@@ -66,18 +67,34 @@ def q_counts(q_ref: TableRef, n_items: int) -> np.ndarray:
     return counts
 
 
-def model_result(data: StepData, name: str, items: np.ndarray, scores: np.ndarray,
-                 tables: Any, **info: Any) -> dict[str, Any]:
+def model_result(
+    data: StepData, name: str, items: np.ndarray, scores: np.ndarray, tables: Any, **info: Any
+) -> dict[str, Any]:
     """Publish a model's top-100 rows and summarize its test metrics."""
-    table = recommendations_table(name, data.test.users, items, scores, data.user_ids,
-                                  data.item_ids)
+    table = recommendations_table(
+        name, data.test.users, items, scores, data.user_ids, data.item_ids
+    )
     ref = tables.write(table, f"recommendations_{name}")
-    metrics = evaluate(items, data.test.targets, ks=data.cfg.eval.ks,
-                       item_counts=data.dataset.item_counts, n_items=data.dataset.n_items)
-    log.info("%s: test ndcg@10=%.4f recall@100=%.4f", name, metrics.summary["ndcg@10"],
-             metrics.summary.get("recall@100", float("nan")))
-    return {"status": "ok", "error": None, "recommendations": ref,
-            "metrics": {k: float(v) for k, v in metrics.summary.items()}, **info}
+    metrics = evaluate(
+        items,
+        data.test.targets,
+        ks=data.cfg.eval.ks,
+        item_counts=data.dataset.item_counts,
+        n_items=data.dataset.n_items,
+    )
+    log.info(
+        "%s: test ndcg@10=%.4f recall@100=%.4f",
+        name,
+        metrics.summary["ndcg@10"],
+        metrics.summary.get("recall@100", float("nan")),
+    )
+    return {
+        "status": "ok",
+        "error": None,
+        "recommendations": ref,
+        "metrics": {k: float(v) for k, v in metrics.summary.items()},
+        **info,
+    }
 
 
 def _exclude(data: StepData):
@@ -139,8 +156,15 @@ def _warm_state(run_pathspec: str | None, name: str, data: StepData) -> tuple[di
     return ws.state, ws.summary
 
 
-def pretrain(config: dict, refs: dict, q_ref: TableRef, name: str, tables: Any,
-             card: Any = None, warm_start_run: str | None = None) -> tuple[dict, dict]:
+def pretrain(
+    config: dict,
+    refs: dict,
+    q_ref: TableRef,
+    name: str,
+    tables: Any,
+    card: Any = None,
+    warm_start_run: str | None = None,
+) -> tuple[dict, dict]:
     """Pretrain the retriever (``sasrec_pretrain``) or its no-logQ twin (``sasrec_no_logq``).
 
     Returns:
@@ -157,17 +181,39 @@ def pretrain(config: dict, refs: dict, q_ref: TableRef, name: str, tables: Any,
     live = TrainingCard(card, f"{name} (logQ: {logq})")
     counts = q_counts(q_ref, data.dataset.n_items)
     init_state, warm = _warm_state(warm_start_run, name, data)
-    result = train_retriever(data.dataset, counts, cfg.model, train_cfg, cfg.q, cfg.eval,
-                             progress=live.update, init_state=init_state,
-                             state_store=_state_store(tables, name))
+    result = train_retriever(
+        data.dataset,
+        counts,
+        cfg.model,
+        train_cfg,
+        cfg.q,
+        cfg.eval,
+        progress=live.update,
+        init_state=init_state,
+        state_store=_state_store(tables, name),
+    )
     live.finish(result.history)
-    items, scores = result.model.recommend(data.test.histories, data.test.users, REC_K,
-                                           exclude=_exclude(data),
-                                           chunk_items=cfg.eval.chunk_items)
-    entry = model_result(data, name, items, scores, tables, fit_seconds=result.seconds,
-                         model_size=_n_params(result.model), history=result.history,
-                         best_epoch=result.best_epoch, logq=logq, warm_start=warm,
-                         resumed_from=result.resumed_from)
+    items, scores = result.model.recommend(
+        data.test.histories,
+        data.test.users,
+        REC_K,
+        exclude=_exclude(data),
+        chunk_items=cfg.eval.chunk_items,
+    )
+    entry = model_result(
+        data,
+        name,
+        items,
+        scores,
+        tables,
+        fit_seconds=result.seconds,
+        model_size=_n_params(result.model),
+        history=result.history,
+        best_epoch=result.best_epoch,
+        logq=logq,
+        warm_start=warm,
+        resumed_from=result.resumed_from,
+    )
     checkpoint = {"safetensors": result.checkpoint, "model_config": result.model_config}
     return checkpoint, {name: entry}
 
@@ -181,15 +227,23 @@ def baselines(config: dict, refs: dict, tables: Any) -> dict:
     options = BuildOptions(chunk_items=cfg.eval.chunk_items)
     results = {}
     for model in build_baselines(cfg.baselines, options=options):
-        out = run_baseline(model, data.dataset, data.test.users, data.test.histories, REC_K,
-                           cfg.eval.filter_seen)
+        out = run_baseline(
+            model, data.dataset, data.test.users, data.test.histories, REC_K, cfg.eval.filter_seen
+        )
         if out["status"] != "ok":
             results[out["name"]] = {k: out[k] for k in ("status", "error", "traceback")}
             continue
         results[out["name"]] = model_result(
-            data, out["name"], out["items"], out["scores"], tables,
-            fit_seconds=out["fit_seconds"], model_size=out["model_size"],
-            tuning=out.get("tuning"), history=[])
+            data,
+            out["name"],
+            out["items"],
+            out["scores"],
+            tables,
+            fit_seconds=out["fit_seconds"],
+            model_size=out["model_size"],
+            tuning=out.get("tuning"),
+            history=[],
+        )
     return results
 
 
@@ -208,8 +262,9 @@ def merge_results(parts: list[dict]) -> dict:
 
 def train_history(results: dict) -> dict:
     """``train_history`` artifact: per-epoch rows of every trained model."""
-    return {name: entry.get("history", []) for name, entry in results.items()
-            if entry.get("history")}
+    return {
+        name: entry.get("history", []) for name, entry in results.items() if entry.get("history")
+    }
 
 
 def join_recommendations(results: dict, tables: Any) -> TableRef:
@@ -234,13 +289,15 @@ def join_recommendations(results: dict, tables: Any) -> TableRef:
 def _retriever(checkpoint: dict, data: StepData, device: torch.device):
     from recmodel.checkpoint import load_retriever
 
-    model = load_retriever(checkpoint["safetensors"], checkpoint["model_config"],
-                           data.dataset.items)
+    model = load_retriever(
+        checkpoint["safetensors"], checkpoint["model_config"], data.dataset.items
+    )
     return model.to(device).eval()
 
 
-def materialize_ranker_scores(config: dict, inputs: dict, refs: dict, checkpoint: dict,
-                              tables: Any) -> tuple[TableRef, dict, Any]:
+def materialize_ranker_scores(
+    config: dict, inputs: dict, refs: dict, checkpoint: dict, tables: Any
+) -> tuple[TableRef, dict, Any]:
     """Score the pretrained retriever's candidates with the cross-fitted ranker.
 
     With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
@@ -262,18 +319,31 @@ def materialize_ranker_scores(config: dict, inputs: dict, refs: dict, checkpoint
     else:
         device = resolve_device(data.cfg.train.device)
         started = time.perf_counter()
-        result = build_ranker_scores(data.dataset, _retriever(checkpoint, data, device),
-                                     data.cfg.ranker, device=device)
+        result = build_ranker_scores(
+            data.dataset, _retriever(checkpoint, data, device), data.cfg.ranker, device=device
+        )
         scores, ranker = result.scores, result.ranker
-        quality = {"source": "built-in", **result.quality, "sql_queries": result.queries,
-                   "seconds": round(time.perf_counter() - started, 2)}
+        quality = {
+            "source": "built-in",
+            **result.quality,
+            "sql_queries": result.queries,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     ref = tables.write(with_original_ids(scores, users, items), "ranker_scores")
     return ref, quality, ranker
 
 
-def finetune(config: dict, refs: dict, q_ref: TableRef, checkpoint: dict, scores_ref: TableRef,
-             results: dict, ranker: Any, tables: Any, card: Any = None
-             ) -> tuple[dict, dict, dict]:
+def finetune(
+    config: dict,
+    refs: dict,
+    q_ref: TableRef,
+    checkpoint: dict,
+    scores_ref: TableRef,
+    results: dict,
+    ranker: Any,
+    tables: Any,
+    card: Any = None,
+) -> tuple[dict, dict, dict]:
     """Distil the ranker into the retriever; evaluate it as ``sasrec_two_stage``.
 
     Returns:
@@ -290,18 +360,44 @@ def finetune(config: dict, refs: dict, q_ref: TableRef, checkpoint: dict, scores
     pretrained = _retriever(checkpoint, data, device)
     scores = read_table(scores_ref)
     live = TrainingCard(card, "sasrec_two_stage (pairwise logit loss)")
-    result = distil(pretrained, data.dataset, scores, cfg.finetune, cfg.train,
-                    q_counts(q_ref, data.dataset.n_items), cfg.q, cfg.eval, device=device,
-                    progress=live.update)
+    result = distil(
+        pretrained,
+        data.dataset,
+        scores,
+        cfg.finetune,
+        cfg.train,
+        q_counts(q_ref, data.dataset.n_items),
+        cfg.q,
+        cfg.eval,
+        device=device,
+        progress=live.update,
+    )
     live.finish(result.history)
-    items, item_scores = result.model.recommend(data.test.histories, data.test.users, REC_K,
-                                                exclude=_exclude(data),
-                                                chunk_items=cfg.eval.chunk_items)
-    entry = model_result(data, "sasrec_two_stage", items, item_scores, tables,
-                         fit_seconds=result.seconds, model_size=_n_params(result.model),
-                         history=result.history, best_epoch=result.best_epoch)
+    items, item_scores = result.model.recommend(
+        data.test.histories,
+        data.test.users,
+        REC_K,
+        exclude=_exclude(data),
+        chunk_items=cfg.eval.chunk_items,
+    )
+    entry = model_result(
+        data,
+        "sasrec_two_stage",
+        items,
+        item_scores,
+        tables,
+        fit_seconds=result.seconds,
+        model_size=_n_params(result.model),
+        history=result.history,
+        best_epoch=result.best_epoch,
+    )
     distillation = distillation_metrics(
-        {"pretrain": pretrained, "finetune": result.model}, data.dataset, scores,
-        ranker=ranker, n_candidates=cfg.ranker.n_candidates, device=device)
+        {"pretrain": pretrained, "finetune": result.model},
+        data.dataset,
+        scores,
+        ranker=ranker,
+        n_candidates=cfg.ranker.n_candidates,
+        device=device,
+    )
     ckpt = {"safetensors": result.checkpoint, "model_config": result.model_config}
     return ckpt, {**results, "sasrec_two_stage": entry}, distillation

@@ -36,9 +36,16 @@ def gate_champion(config: dict, flow_name: str, run_id: str) -> dict:
 
     cfg = from_dict(config, name=config.get("name", "custom"))
     report = Step(f"{flow_name}/{run_id}/report").task["report"].data
-    decision = champion.gate(report, flow_name, run_id, tags=champion.branch_tags(),
-                             model=GATE_MODEL, metric=cfg.eval.gate_metric,
-                             tolerance=cfg.eval.gate_tolerance)
-    log.info("champion gate: %s (%s)", "promoted" if decision.promote else "rejected",
-             decision.reason)
+    decision = champion.gate(
+        report,
+        flow_name,
+        run_id,
+        tags=champion.branch_tags(),
+        model=GATE_MODEL,
+        metric=cfg.eval.gate_metric,
+        tolerance=cfg.eval.gate_tolerance,
+    )
+    log.info(
+        "champion gate: %s (%s)", "promoted" if decision.promote else "rejected", decision.reason
+    )
     return dataclasses.asdict(decision) if dataclasses.is_dataclass(decision) else decision

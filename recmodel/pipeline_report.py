@@ -68,9 +68,17 @@ def publish_files(files: dict[str, str], root: str) -> dict[str, str]:
     return out
 
 
-def report(config: dict, refs: dict, recommendations: TableRef, results: dict, summary: dict,
-           distillation: dict, ranker_quality: dict, tables: Any, card: Any = None
-           ) -> tuple[dict, dict]:
+def report(
+    config: dict,
+    refs: dict,
+    recommendations: TableRef,
+    results: dict,
+    summary: dict,
+    distillation: dict,
+    ranker_quality: dict,
+    tables: Any,
+    card: Any = None,
+) -> tuple[dict, dict]:
     """Build the report from the recommendations table and the test targets alone.
 
     Returns:
@@ -78,10 +86,19 @@ def report(config: dict, refs: dict, recommendations: TableRef, results: dict, s
     """
     cfg = from_dict(config, name=config.get("name", "custom"))
     items = read_table(refs["items"], columns=[Columns.ITEM, Columns.COUNT])
-    rep = build_report(read_table(recommendations), evaluated_targets(refs["test_targets"], cfg),
-                       items, results, protocol_of(cfg, summary), cfg.eval)
-    data = {**rep.data, "distillation": distillation,
-            "ranker": {k: ranker_quality[k] for k in RANKER_KEYS if k in ranker_quality}}
+    rep = build_report(
+        read_table(recommendations),
+        evaluated_targets(refs["test_targets"], cfg),
+        items,
+        results,
+        protocol_of(cfg, summary),
+        cfg.eval,
+    )
+    data = {
+        **rep.data,
+        "distillation": distillation,
+        "ranker": {k: ranker_quality[k] for k in RANKER_KEYS if k in ranker_quality},
+    }
     with tempfile.TemporaryDirectory(prefix="recmodel-report-") as tmp:
         files = publish_files(write_report_files(rep, tmp), tables.root)
     if card is not None:

@@ -43,8 +43,12 @@ class RepeatBias(nn.Module):
         self.count = nn.Embedding(len(COUNT_EDGES) + 1, 1)  # row 0 (count 0) is never used
         self.recency = nn.Embedding(len(RECENCY_EDGES) + 1, 1)
         self.propensity = nn.Linear(d_model, 1)
-        for param in (self.count.weight, self.recency.weight, self.propensity.weight,
-                      self.propensity.bias):
+        for param in (
+            self.count.weight,
+            self.recency.weight,
+            self.propensity.weight,
+            self.propensity.bias,
+        ):
             nn.init.zeros_(param)  # start as the plain dot-product retriever
         self.register_buffer("count_edges", torch.tensor(COUNT_EDGES), persistent=False)
         self.register_buffer("recency_edges", torch.tensor(RECENCY_EDGES), persistent=False)
@@ -82,7 +86,7 @@ class RepeatBias(nn.Module):
         b, t = inputs.shape
         rows = torch.arange(b, device=inputs.device)[:, None]
         # Sort (row, item, position): the first occurrence of an item leads its run.
-        keys = ((rows * self.key_base + inputs) * t + torch.arange(t, device=inputs.device))
+        keys = (rows * self.key_base + inputs) * t + torch.arange(t, device=inputs.device)
         flat = torch.sort(keys.reshape(-1)).values  # [B*T]
         item_keys = torch.div(flat, t, rounding_mode="floor")
         query = (rows * self.key_base + ids.clamp(min=0)).reshape(-1)  # [B*C]
@@ -97,8 +101,9 @@ class RepeatBias(nn.Module):
         every = torch.arange(b * t, device=inputs.device)
         return self.bias_at(inputs, hidden, ids, every).reshape(b, t, -1)
 
-    def bias_at(self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor,
-                positions: torch.Tensor) -> torch.Tensor:
+    def bias_at(
+        self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
         """``[P, C]`` bonus of the candidates ``ids [B, C]`` at flat ``positions [P]``.
 
         The positions are picked before the candidates are gathered, so the result never
@@ -110,16 +115,18 @@ class RepeatBias(nn.Module):
         picked = torch.gather(table, 1, first.clamp(min=0))  # [P, C]
         return picked * (first >= 0)
 
-    def diagonal_bias(self, inputs: torch.Tensor, hidden: torch.Tensor,
-                      ids: torch.Tensor) -> torch.Tensor:
+    def diagonal_bias(
+        self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
         """``[B, T]`` bonus of one candidate per position, ``ids [B, T]`` (the targets)."""
         table = self.window_bias(inputs, hidden)  # [B, T, T]
         first = self.first_positions(inputs, ids)  # [B, T]
         picked = torch.gather(table, 2, first.clamp(min=0)[:, :, None]).squeeze(-1)  # [B, T]
         return picked * (first >= 0)
 
-    def last_bias(self, inputs: torch.Tensor, hidden_last: torch.Tensor,
-                  ids: torch.Tensor) -> torch.Tensor:
+    def last_bias(
+        self, inputs: torch.Tensor, hidden_last: torch.Tensor, ids: torch.Tensor
+    ) -> torch.Tensor:
         """``[B, C]`` bonus at the last position (serving); ``hidden_last`` is ``[B, D]``."""
         hidden = hidden_last[:, None, :].expand(-1, inputs.shape[1], -1)  # [B, T, D]
         return self.bias(inputs, hidden, ids)[:, -1]

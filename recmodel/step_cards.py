@@ -28,19 +28,30 @@ def data_card(card: Any, summary: dict) -> None:
         return
     from metaflow.cards import Markdown, Table
 
-    card.append(Markdown(f"# Extracted sessions\n\nSource: `{summary.get('source')}` · "
-                         f"{_fmt(summary.get('n_events'))} listen+ events, "
-                         f"{_fmt(summary.get('n_users'))} users, "
-                         f"{_fmt(summary.get('n_items'))} tracks, "
-                         f"{_fmt(summary.get('n_test_users'))} test users"))
+    card.append(
+        Markdown(
+            f"# Extracted sessions\n\nSource: `{summary.get('source')}` · "
+            f"{_fmt(summary.get('n_events'))} listen+ events, "
+            f"{_fmt(summary.get('n_users'))} users, "
+            f"{_fmt(summary.get('n_items'))} tracks, "
+            f"{_fmt(summary.get('n_test_users'))} test users"
+        )
+    )
     final = summary.get("stages", {}).get("final", {})
-    rows = [[w, *(_fmt(final.get(w, {}).get(c)) for c in ("events", "users", "items"))]
-            for w in WINDOWS if w in final]
+    rows = [
+        [w, *(_fmt(final.get(w, {}).get(c)) for c in ("events", "users", "items"))]
+        for w in WINDOWS
+        if w in final
+    ]
     card.append(Markdown("## Split windows"))
     card.append(Table(rows, headers=["window", "events", "users", "tracks"]))
     times = summary.get("split_times", {})
-    card.append(Table([[k, v.get("iso", "")] for k, v in times.items() if isinstance(v, dict)],
-                      headers=["boundary", "time (UTC)"]))
+    card.append(
+        Table(
+            [[k, v.get("iso", "")] for k, v in times.items() if isinstance(v, dict)],
+            headers=["boundary", "time (UTC)"],
+        )
+    )
     dropped = summary.get("dropped", {})
     card.append(Markdown("## Dropped events"))
     card.append(Table([[k, _fmt(v)] for k, v in dropped.items()], headers=["reason", "events"]))
@@ -53,8 +64,12 @@ def q_card(card: Any, summary: dict, q: np.ndarray) -> None:
     from metaflow.cards import Image, Markdown, Table
 
     card.append(Markdown("# Q: item frequencies that negatives are drawn from"))
-    card.append(Table([[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, (list, dict))],
-                      headers=["statistic", "value"]))
+    card.append(
+        Table(
+            [[k, _fmt(v)] for k, v in summary.items() if not isinstance(v, (list, dict))],
+            headers=["statistic", "value"],
+        )
+    )
     card.append(Image(_rank_plot(q), label="q by popularity rank (log-log)"))
 
 
@@ -83,16 +98,29 @@ def results_card(card: Any, title: str, results: dict) -> None:
         return
     from metaflow.cards import Markdown, Table
 
-    card.append(Markdown(f"# {title}\n\nTest metrics as computed in this step; the report "
-                         "recomputes every number from the recommendations table."))
+    card.append(
+        Markdown(
+            f"# {title}\n\nTest metrics as computed in this step; the report "
+            "recomputes every number from the recommendations table."
+        )
+    )
     rows = []
     for name, entry in results.items():
         metrics = entry.get("metrics", {})
-        rows.append([name, entry.get("status", ""), _fmt(entry.get("fit_seconds")),
-                     _fmt(entry.get("model_size")), _fmt(metrics.get("ndcg@10")),
-                     _fmt(metrics.get("recall@100")), entry.get("error") or ""])
-    card.append(Table(rows, headers=["model", "status", "fit s", "size", "NDCG@10",
-                                     "Recall@100", "error"]))
+        rows.append(
+            [
+                name,
+                entry.get("status", ""),
+                _fmt(entry.get("fit_seconds")),
+                _fmt(entry.get("model_size")),
+                _fmt(metrics.get("ndcg@10")),
+                _fmt(metrics.get("recall@100")),
+                entry.get("error") or "",
+            ]
+        )
+    card.append(
+        Table(rows, headers=["model", "status", "fit s", "size", "NDCG@10", "Recall@100", "error"])
+    )
 
 
 def ranker_card(card: Any, quality: dict) -> None:
@@ -102,15 +130,18 @@ def ranker_card(card: Any, quality: dict) -> None:
     from metaflow.cards import Markdown, Table
 
     ndcg = quality.get("ndcg@10", {})
-    lines = [f"- **source**: {quality.get('source')}",
-             f"- **held-out AUC**: {_fmt(quality.get('auc'))}",
-             f"- **requests / candidates**: {_fmt(quality.get('n_requests'))} / "
-             f"{_fmt(quality.get('n_candidates'))}"]
+    lines = [
+        f"- **source**: {quality.get('source')}",
+        f"- **held-out AUC**: {_fmt(quality.get('auc'))}",
+        f"- **requests / candidates**: {_fmt(quality.get('n_requests'))} / "
+        f"{_fmt(quality.get('n_candidates'))}",
+    ]
     if isinstance(ndcg, dict):
         lines += [f"- **NDCG@10 of candidates ordered by {k}**: {_fmt(v)}" for k, v in ndcg.items()]
     card.append(Markdown("# Ranker\n\n" + "\n".join(lines)))
     importance = quality.get("importance") or {}
     rows = sorted(importance.items(), key=lambda kv: -kv[1])
     if rows:
-        card.append(Table([[k, _fmt(v)] for k, v in rows],
-                          headers=["feature", "permutation importance"]))
+        card.append(
+            Table([[k, _fmt(v)] for k, v in rows], headers=["feature", "permutation importance"])
+        )

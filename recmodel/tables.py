@@ -159,8 +159,9 @@ def duckdb_view(con: Any, ref: TableRef, name: str) -> None:
     con.execute(f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM read_parquet('{path}')")
 
 
-def load_artifact(name: str, run: str | Any = "latest", flow: str = "TwoStageFlow",
-                  as_table: bool = True) -> Any:
+def load_artifact(
+    name: str, run: str | Any = "latest", flow: str = "TwoStageFlow", as_table: bool = True
+) -> Any:
     """Load artifact ``name`` of a run through the Metaflow Client API.
 
     Args:

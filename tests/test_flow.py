@@ -14,17 +14,26 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = ROOT / "flows" / "two_stage.py"
-MODELS = ("popularity", "user_popular", "itemknn", "als", "sasrec_no_logq", "sasrec_pretrain",
-          "sasrec_two_stage")
+MODELS = (
+    "popularity",
+    "user_popular",
+    "itemknn",
+    "als",
+    "sasrec_no_logq",
+    "sasrec_pretrain",
+    "sasrec_two_stage",
+)
 
 
 @pytest.fixture(scope="session")
 def run():
     from metaflow import Runner
 
-    env = {"METAFLOW_USER": os.environ["METAFLOW_USER"],
-           "METAFLOW_DATASTORE_SYSROOT_LOCAL": os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"],
-           "METAFLOW_HOME": os.environ["METAFLOW_HOME"]}
+    env = {
+        "METAFLOW_USER": os.environ["METAFLOW_USER"],
+        "METAFLOW_DATASTORE_SYSROOT_LOCAL": os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"],
+        "METAFLOW_HOME": os.environ["METAFLOW_HOME"],
+    }
     with Runner(str(FLOW), show_output=False, env=env, cwd=str(ROOT)).run(preset="tiny") as r:
         assert r.status == "successful", r.stderr
         return r.run
@@ -32,9 +41,19 @@ def run():
 
 def test_every_step_ran(run):
     steps = {step.id for step in run}
-    assert steps == {"start", "extract_sessions", "estimate_q", "pretrain", "pretrain_no_logq",
-                     "baselines", "materialize_ranker_scores", "finetune", "join", "report",
-                     "end"}
+    assert steps == {
+        "start",
+        "extract_sessions",
+        "estimate_q",
+        "pretrain",
+        "pretrain_no_logq",
+        "baselines",
+        "materialize_ranker_scores",
+        "finetune",
+        "join",
+        "report",
+        "end",
+    }
 
 
 def test_start_stores_the_effective_config(run):
@@ -110,8 +129,7 @@ def _card_payload(html: str) -> str:
 
 def test_report_card_renders(run, tmp_path):
     out = tmp_path / "report.html"
-    cmd = [sys.executable, str(FLOW), "card", "get", f"{run.id}/report", "--id", "report",
-           str(out)]
+    cmd = [sys.executable, str(FLOW), "card", "get", f"{run.id}/report", "--id", "report", str(out)]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=os.environ.copy())
     payload = _card_payload(out.read_text())
     assert "Model comparison on the same test users" in payload
@@ -122,7 +140,8 @@ def test_end_exports_serving_files_and_gates_the_champion(run):
     end = run["end"].task
     serving = end["serving"].data
     assert {"item_vectors.npy", "query_encoder.pt", "manifest.json"} <= {
-        os.path.basename(uri) for uri in serving["files"].values()}
+        os.path.basename(uri) for uri in serving["files"].values()
+    }
     decision = end["champion_decision"].data
     assert decision["promote"] is True  # the first run of a branch has no champion to beat
     assert "champion" in run.tags

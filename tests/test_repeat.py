@@ -42,9 +42,11 @@ def _reference(head, inputs, hidden, b, t, item):
     if not seen:
         return 0.0
     count, since = len(seen), t - max(seen)
-    return float(head.count.weight[_bucket(count, COUNT_EDGES), 0]
-                 + head.recency.weight[_bucket(since, RECENCY_EDGES), 0]
-                 + head.propensity(hidden[b, t]).squeeze())
+    return float(
+        head.count.weight[_bucket(count, COUNT_EDGES), 0]
+        + head.recency.weight[_bucket(since, RECENCY_EDGES), 0]
+        + head.propensity(hidden[b, t]).squeeze()
+    )
 
 
 @torch.no_grad()
@@ -67,8 +69,13 @@ def test_diagonal_and_last_bias_agree_with_bias(head):
     full = head.bias(inputs, hidden, targets)  # [B, T, T]: candidate c at position t
     torch.testing.assert_close(diagonal, torch.diagonal(full, dim1=1, dim2=2))
     last = head.last_bias(inputs, hidden[:, -1], targets)
-    expected = [[_reference(head, inputs, hidden[:, -1:].expand(-1, 12, -1), b, 11, int(j))
-                 for j in targets[b]] for b in range(5)]
+    expected = [
+        [
+            _reference(head, inputs, hidden[:, -1:].expand(-1, 12, -1), b, 11, int(j))
+            for j in targets[b]
+        ]
+        for b in range(5)
+    ]
     torch.testing.assert_close(last, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
@@ -77,8 +84,10 @@ def test_first_positions_exact():
     head = RepeatBias(D, 9)
     inputs = torch.tensor([[0, 0, 5, 3, 5, 9], [2, 2, 2, 2, 2, 2]])
     ids = torch.tensor([[5, 3, 9, 2, 0, -1], [2, 5, 9, 3, 0, 2]])
-    assert head.first_positions(inputs, ids).tolist() == [[2, 3, 5, -1, -1, -1],
-                                                          [0, -1, -1, -1, -1, 0]]
+    assert head.first_positions(inputs, ids).tolist() == [
+        [2, 3, 5, -1, -1, -1],
+        [0, -1, -1, -1, -1, 0],
+    ]
 
 
 @torch.no_grad()
@@ -101,8 +110,9 @@ def test_zero_initialised_bonus_changes_nothing():
 def test_recommend_equals_a_full_sort_of_dot_plus_bonus(one_thread):  # noqa: F811
     torch.manual_seed(0)
     items = item_features(N_ITEMS)
-    model = Retriever(items, ModelConfig(d_model=D, n_heads=2, n_blocks=1, max_len=6, id_dim=8,
-                                         meta_dim=4)).eval()
+    model = Retriever(
+        items, ModelConfig(d_model=D, n_heads=2, n_blocks=1, max_len=6, id_dim=8, meta_dim=4)
+    ).eval()
     for param in model.repeat.parameters():
         param.normal_(std=3.0)  # big enough to lift window items into the top-k
     rng = np.random.default_rng(0)

@@ -19,9 +19,18 @@ def test_cards_do_nothing_without_a_card():
 
 
 def test_data_card_lists_every_window():
-    summary = {"source": "synthetic", "n_events": 10, "stages": {"final": {
-        w: {"events": 1, "users": 1, "items": 1} for w in ("pretrain", "finetune", "val", "test")}},
-        "split_times": {"t_test": {"iso": "2024-02-01T00:00:00+00:00"}}, "dropped": {"skips": 3}}
+    summary = {
+        "source": "synthetic",
+        "n_events": 10,
+        "stages": {
+            "final": {
+                w: {"events": 1, "users": 1, "items": 1}
+                for w in ("pretrain", "finetune", "val", "test")
+            }
+        },
+        "split_times": {"t_test": {"iso": "2024-02-01T00:00:00+00:00"}},
+        "dropped": {"skips": 3},
+    }
     card = FakeCard()
     data_card(card, summary)
     text = _text(card)
@@ -37,8 +46,14 @@ def test_q_card_has_a_png_plot():
 
 def test_results_card_shows_failed_models():
     card = FakeCard()
-    results_card(card, "Baselines", {"als": {"status": "failed", "error": "ValueError: x"},
-                                     "popularity": {"status": "ok", "metrics": {"ndcg@10": 0.1}}})
+    results_card(
+        card,
+        "Baselines",
+        {
+            "als": {"status": "failed", "error": "ValueError: x"},
+            "popularity": {"status": "ok", "metrics": {"ndcg@10": 0.1}},
+        },
+    )
     text = _text(card)
     assert "ValueError: x" in text and "popularity" in text
 
