@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ class ExtractConfig:
     loo_finetune_events: int = 3  # leave_last_out: events per user in the finetune window
     min_test_users: int = 10  # fewer test users than this is an error
     tempo_buckets: int = 16  # quantile buckets of tempo (0 = unknown)
+    cut_time: str = ""  # ISO time: events after it are ignored (a retrain's "now"); "" = log end
+    history_days: float = 0.0  # rolling window: only the last N days up to the cut; 0 = all
     memory_limit: str = "4GB"  # DuckDB memory limit; it spills to disk beyond it
     threads: int = 2  # DuckDB threads
 
@@ -113,6 +116,15 @@ class ExtractConfig:
             "extract: test_days, val_days and finetune_days must be > 0",
         )
         _check(self.gap_minutes >= 0, "extract.gap_minutes must be >= 0")
+        _check(self.history_days >= 0, "extract.history_days must be >= 0")
+        if self.cut_time:
+            try:
+                datetime.fromisoformat(self.cut_time)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"extract.cut_time {self.cut_time!r} is not an ISO time, "
+                    "e.g. 2024-03-01T00:00:00+00:00"
+                ) from exc
         _check(
             self.min_user_events >= 1 and self.min_item_events >= 1,
             "extract: min_user_events and min_item_events must be >= 1",

@@ -48,7 +48,7 @@ WINDOW_PARAMS = {
     "window_test": Window.TEST,
 }
 # Stage names of the summary SQL, in pipeline order.
-FLAT_STAGES = ("raw", "raw_complete", "listen", "skip", "sessionized")
+FLAT_STAGES = ("raw", "raw_complete", "raw_in_window", "listen", "skip", "sessionized")
 WINDOWED_STAGES = ("split", "filtered", "final")
 SPLIT_TIMES = ("t_min", "t_max", "t_finetune", "t_val", "t_test")
 
@@ -153,9 +153,19 @@ def stage_params(cfg: ExtractConfig, paths: dict[str, Path]) -> dict[str, Any]:
     """
     return {
         **dataclasses.asdict(cfg),
+        "cut_epoch": cut_epoch(cfg.cut_time),
+        "history_seconds": cfg.history_days * 86_400.0,
         **WINDOW_PARAMS,
         **{f"{name}_path": str(path) for name, path in paths.items()},
     }
+
+
+def cut_epoch(cut_time: str) -> int | None:
+    """Unix seconds of an ISO cut time (UTC when it has no offset), None for the log's end."""
+    if not cut_time:
+        return None
+    when = datetime.fromisoformat(cut_time)
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
 
 
 def table_stages(protocol: str) -> list[str]:
@@ -274,7 +284,9 @@ def build_summary(
         "stages": stages,
         "dropped": {
             "missing_ids_or_timestamp": stages["raw"]["events"] - stages["raw_complete"]["events"],
-            "duplicates": stages["raw_complete"]["events"] - listen - skip,
+            "outside_rolling_window": stages["raw_complete"]["events"]
+            - stages["raw_in_window"]["events"],
+            "duplicates": stages["raw_in_window"]["events"] - listen - skip,
             "skips": skip,
             "consecutive_repeats": listen - stages["sessionized"]["events"],
             "leakage_gap": stages["sessionized"]["events"] - stages["split"]["all"]["events"],

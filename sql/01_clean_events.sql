@@ -4,12 +4,19 @@
 -- Columns: user_id, item_id, ts BIGINT (unix seconds), track_length_seconds DOUBLE,
 --          is_listen BOOLEAN (played ratio at or above the listen+ threshold; an event without a
 --          played ratio counts as a listen, so logs without the column keep every event).
+-- Rolling windows: events after $cut_epoch (NULL = the end of the log) and, when
+-- $history_seconds > 0, events older than that before the cut are left out.
 create or replace temp table clean_events as
 
 with
 
 raw as (
     select * from raw_events
+),
+
+cut as (
+    select coalesce(cast($cut_epoch as bigint), max(cast("timestamp" as bigint))) as t_cut
+    from raw_events
 ),
 
 typed as (
@@ -20,10 +27,12 @@ typed as (
         cast(played_ratio_pct as double) as played_ratio_pct,
         cast(track_length_seconds as double) as track_length_seconds,
         cast(is_organic as tinyint) as is_organic
-    from raw
+    from raw, cut
     where user_id is not null
       and item_id is not null
       and "timestamp" is not null
+      and cast("timestamp" as bigint) <= cut.t_cut
+      and ($history_seconds <= 0 or cast("timestamp" as bigint) > cut.t_cut - $history_seconds)
 ),
 
 deduplicated as (

@@ -8,13 +8,24 @@
 -- the sessionized stage reports the listen+ users and items without counting them again.
 with
 
+cut as (
+    select coalesce(cast($cut_epoch as bigint), max(cast("timestamp" as bigint))) as t_cut
+    from raw_events
+),
+
 raw_counts as materialized (
     select
         count(*) as events,
         count(*) filter (
             where user_id is not null and item_id is not null and "timestamp" is not null
-        ) as complete_events
-    from raw_events
+        ) as complete_events,
+        count(*) filter (
+            where user_id is not null and item_id is not null and "timestamp" is not null
+              and cast("timestamp" as bigint) <= cut.t_cut
+              and ($history_seconds <= 0
+                   or cast("timestamp" as bigint) > cut.t_cut - $history_seconds)
+        ) as in_window_events
+    from raw_events, cut
 ),
 
 clean_counts as materialized (
@@ -42,6 +53,17 @@ raw_complete as (
         'raw_complete' as stage,
         cast(null as tinyint) as "window",
         complete_events as events,
+        cast(null as bigint) as users,
+        cast(null as bigint) as items,
+        cast(null as bigint) as sessions
+    from raw_counts
+),
+
+raw_in_window as (
+    select
+        'raw_in_window' as stage,
+        cast(null as tinyint) as "window",
+        in_window_events as events,
         cast(null as bigint) as users,
         cast(null as bigint) as items,
         cast(null as bigint) as sessions
@@ -134,6 +156,7 @@ final_all as (
 final as (
     select * from raw
     union all select * from raw_complete
+    union all select * from raw_in_window
     union all select * from listen
     union all select * from skip
     union all select * from sessionized

@@ -171,6 +171,7 @@ def test_cleaning_threshold_duplicates_and_missing_ids(tmp_path):
     ]
     assert result.summary["dropped"] == {
         "missing_ids_or_timestamp": 3,
+        "outside_rolling_window": 0,
         "duplicates": 1,
         "skips": 1,
         "consecutive_repeats": 0,
@@ -180,6 +181,36 @@ def test_cleaning_threshold_duplicates_and_missing_ids(tmp_path):
     }
     assert result.summary["stages"]["raw"] == {"events": 12}
     assert result.summary["stages"]["listen"] == {"events": 7, "users": 2, "items": 3}
+
+
+def test_rolling_window_keeps_the_last_days_up_to_the_cut(tmp_path):
+    # The test targets are re-listens, so that they are in the vocabulary.
+    log = [
+        (1, 10, 0),
+        (1, 11, 2 * DAY),
+        (1, 12, 5 * DAY),
+        (1, 13, 6 * DAY),
+        (1, 14, 6 * DAY + 9),
+        (1, 13, 7 * DAY),
+        (1, 16, 9 * DAY),
+        (2, 10, 5 * DAY + 1),
+        (2, 11, 7 * DAY),
+        (2, 10, 8 * DAY),
+    ]
+    cut = "1970-01-09T00:00:00"  # 8 days after the epoch, UTC
+    result = extract(connect(log), config(cut_time=cut, history_days=3.0), tmp_path)
+    kept = sorted(e[:3] for e in events_by_id(result))
+    # (5 days, 8 days]: the event at exactly 5 days and the one after the cut are left out
+    assert kept == [
+        (1, 13, 6 * DAY),
+        (1, 13, 7 * DAY),
+        (1, 14, 6 * DAY + 9),
+        (2, 10, 5 * DAY + 1),
+        (2, 10, 8 * DAY),
+        (2, 11, 7 * DAY),
+    ]
+    assert result.summary["dropped"]["outside_rolling_window"] == 4
+    assert result.queries[0]["params"]["cut_epoch"] == 8 * DAY
 
 
 def test_temporal_windows_and_leakage_gap(tmp_path):
@@ -363,7 +394,11 @@ def test_queries_record_each_file_text_params_and_rows(tmp_path):
         assert all(f"${name}" in query["sql"] for name in query["params"])
         assert query["seconds"] >= 0
     by_file = {q["file"]: q for q in result.queries}
-    assert by_file["sql/01_clean_events.sql"]["params"] == {"listen_threshold_pct": 50.0}
+    assert by_file["sql/01_clean_events.sql"]["params"] == {
+        "listen_threshold_pct": 50.0,
+        "cut_epoch": None,
+        "history_seconds": 0.0,
+    }
     assert by_file["sql/12_write_events.sql"]["params"] == {
         "events_path": str(tmp_path / "events.parquet")
     }
