@@ -129,9 +129,10 @@ def repeat_bonus(
     b, t = batch.inputs.shape
     targets = torch.zeros(b * t, dtype=torch.long, device=hidden.device)
     targets[batch.positions] = batch.targets
-    pos = model.repeat.diagonal_bias(batch.inputs, hidden, targets.view(b, t))  # [B, T]
+    table = model.repeat.window_bias(batch.inputs, hidden)  # [B, T, T], shared by both
+    pos = model.repeat.diagonal_bias(batch.inputs, hidden, targets.view(b, t), table)  # [B, T]
     shared = neg_ids[None, :].expand(b, -1)  # [M] -> [B, M]
-    neg = model.repeat.bias_at(batch.inputs, hidden, shared, batch.positions)  # [P, M]
+    neg = model.repeat.bias_at(batch.inputs, hidden, shared, batch.positions, table)  # [P, M]
     return pos.reshape(-1)[batch.positions], neg
 
 

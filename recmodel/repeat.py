@@ -71,9 +71,13 @@ class RepeatBias(nn.Module):
         stamped = torch.where(same, pos[None, :, None], -1)  # [B, T, T]
         latest = torch.cummax(stamped, dim=1).values  # [B, T(t), T(s)]
         since = (pos[None, :, None] - latest).clamp(min=0)
-        count_term = self.count(torch.bucketize(counts, self.count_edges, right=True))
-        recency_term = self.recency(torch.bucketize(since, self.recency_edges, right=True))
-        bonus = (count_term + recency_term).squeeze(-1) + self.propensity(hidden.float())
+        # One gather from the [n_count x n_recency] table of summed weights instead of two
+        # embedding lookups over [B, T, T]: same parameters, a fraction of the backward cost.
+        pair = (self.count.weight + self.recency.weight.T).reshape(-1)  # [n_count * n_recency]
+        count_bucket = torch.bucketize(counts, self.count_edges, right=True)
+        recency_bucket = torch.bucketize(since, self.recency_edges, right=True)
+        index = count_bucket * self.recency.num_embeddings + recency_bucket  # [B, T, T]
+        bonus = pair[index] + self.propensity(hidden.float())  # [B, T, T] + [B, T, 1]
         return torch.where(counts > 0, bonus, torch.zeros((), device=inputs.device))
 
     def first_positions(self, inputs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -102,24 +106,37 @@ class RepeatBias(nn.Module):
         return self.bias_at(inputs, hidden, ids, every).reshape(b, t, -1)
 
     def bias_at(
-        self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor
+        self,
+        inputs: torch.Tensor,
+        hidden: torch.Tensor,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[P, C]`` bonus of the candidates ``ids [B, C]`` at flat ``positions [P]``.
 
         The positions are picked before the candidates are gathered, so the result never
-        exceeds the size of the logits it is added to.
+        exceeds the size of the logits it is added to. ``table`` is :meth:`window_bias` when the
+        caller already has it.
         """
         b, t = inputs.shape
-        table = self.window_bias(inputs, hidden).reshape(b * t, t)[positions]  # [P, T]
+        if table is None:
+            table = self.window_bias(inputs, hidden)
+        table = table.reshape(b * t, t)[positions]  # [B, T, T] -> [P, T]
         first = self.first_positions(inputs, ids)[torch.div(positions, t, rounding_mode="floor")]
         picked = torch.gather(table, 1, first.clamp(min=0))  # [P, C]
         return picked * (first >= 0)
 
     def diagonal_bias(
-        self, inputs: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor
+        self,
+        inputs: torch.Tensor,
+        hidden: torch.Tensor,
+        ids: torch.Tensor,
+        table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, T]`` bonus of one candidate per position, ``ids [B, T]`` (the targets)."""
-        table = self.window_bias(inputs, hidden)  # [B, T, T]
+        if table is None:
+            table = self.window_bias(inputs, hidden)  # [B, T, T]
         first = self.first_positions(inputs, ids)  # [B, T]
         picked = torch.gather(table, 2, first.clamp(min=0)[:, :, None]).squeeze(-1)  # [B, T]
         return picked * (first >= 0)
