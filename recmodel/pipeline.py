@@ -29,17 +29,11 @@ SYNTHETIC = "synthetic"  # inputs["kind"] of the built-in generator
 # every card render) imports the flow file, and the data steps should not pay for torch.
 _LAZY = {
     **dict.fromkeys(
-        (
-            "baselines",
-            "finetune",
-            "join_recommendations",
-            "materialize_ranker_scores",
-            "merge_results",
-            "pretrain",
-            "train_history",
-        ),
+        ("baselines", "join_recommendations", "merge_results", "pretrain", "train_history"),
         "recmodel.pipeline_models",
     ),
+    "finetune": "recmodel.pipeline_distill",
+    "materialize_ranker_scores": "recmodel.pipeline_distill",
     "report": "recmodel.pipeline_report",
     "export_serving": "recmodel.pipeline_publish",
     "gate_champion": "recmodel.pipeline_publish",

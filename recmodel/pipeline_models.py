@@ -1,4 +1,4 @@
-"""Step logic of the model steps: pretraining, baselines, ranker, finetuning, join, report."""
+"""Step logic of the first-stage model steps: pretraining, baselines and the join."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +96,34 @@ def model_result(
     }
 
 
+def trained_result(data: StepData, name: str, result: Any, tables: Any, **info: Any) -> dict:
+    """Recommend with a trained retriever (a ``TrainResult``) and publish its entry."""
+    items, scores = result.model.recommend(
+        data.test.histories,
+        data.test.users,
+        REC_K,
+        exclude=_exclude(data),
+        chunk_items=data.cfg.eval.chunk_items,
+    )
+    return model_result(
+        data,
+        name,
+        items,
+        scores,
+        tables,
+        fit_seconds=result.seconds,
+        model_size=_n_params(result.model),
+        history=result.history,
+        best_epoch=result.best_epoch,
+        **info,
+    )
+
+
+def checkpoint_of(result: Any) -> dict:
+    """The checkpoint artifact of a ``TrainResult``: safetensors bytes and the model config."""
+    return {"safetensors": result.checkpoint, "model_config": result.model_config}
+
+
 def _exclude(data: StepData):
     return data.test.histories.take(data.test.users) if data.cfg.eval.filter_seen else None
 
@@ -132,7 +159,7 @@ def _state_store(tables: Any, name: str):
     return TrainStateStore(f"{state_dir}/{name}.pt", checkpoint_every(), after_epoch)
 
 
-def _maybe_fail(stage: str, tables: Any) -> None:
+def maybe_fail(stage: str, tables: Any) -> None:
     """A fault at the start of ``stage`` when $RECMODEL_FAIL_ONCE asks for one (tests)."""
     from recmodel.fault_injection import inject_fault
 
@@ -173,7 +200,7 @@ def pretrain(
     """
     from recmodel.train import pretrain as train_retriever
 
-    _maybe_fail(STEP_OF[name], tables)
+    maybe_fail(STEP_OF[name], tables)
     data = load_step_data(config, refs)
     cfg = data.cfg
     logq = TRANSFORMER_LOGQ[name] or cfg.train.logq
@@ -193,29 +220,10 @@ def pretrain(
         state_store=_state_store(tables, name),
     )
     live.finish(result.history)
-    items, scores = result.model.recommend(
-        data.test.histories,
-        data.test.users,
-        REC_K,
-        exclude=_exclude(data),
-        chunk_items=cfg.eval.chunk_items,
+    entry = trained_result(
+        data, name, result, tables, logq=logq, warm_start=warm, resumed_from=result.resumed_from
     )
-    entry = model_result(
-        data,
-        name,
-        items,
-        scores,
-        tables,
-        fit_seconds=result.seconds,
-        model_size=_n_params(result.model),
-        history=result.history,
-        best_epoch=result.best_epoch,
-        logq=logq,
-        warm_start=warm,
-        resumed_from=result.resumed_from,
-    )
-    checkpoint = {"safetensors": result.checkpoint, "model_config": result.model_config}
-    return checkpoint, {name: entry}
+    return checkpoint_of(result), {name: entry}
 
 
 def baselines(config: dict, refs: dict, tables: Any) -> dict:
@@ -284,120 +292,3 @@ def join_recommendations(results: dict, tables: Any) -> TableRef:
             raise RuntimeError("no model produced recommendations: see model_results for errors")
         writer.close()
         return tables.publish(path, "recommendations")
-
-
-def _retriever(checkpoint: dict, data: StepData, device: torch.device):
-    from recmodel.checkpoint import load_retriever
-
-    model = load_retriever(
-        checkpoint["safetensors"], checkpoint["model_config"], data.dataset.items
-    )
-    return model.to(device).eval()
-
-
-def materialize_ranker_scores(
-    config: dict, inputs: dict, refs: dict, checkpoint: dict, tables: Any
-) -> tuple[TableRef, dict, Any]:
-    """Score the pretrained retriever's candidates with the cross-fitted ranker.
-
-    With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
-
-    Returns:
-        ``(ranker_scores, ranker_quality, ranker)``; ``ranker`` is the built-in model (None
-        for imported scores), kept for the end-to-end distillation metrics.
-    """
-    from recmodel.distributed import resolve_device
-    from recmodel.ranker import build_ranker_scores
-    from recmodel.ranker_io import load_ranker_scores, with_original_ids
-
-    data = load_step_data(config, refs)
-    users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
-    items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
-    if inputs.get("ranker_scores"):
-        scores = load_ranker_scores(inputs["ranker_scores"], users, items)
-        quality, ranker = {"source": inputs["ranker_scores"], "rows": scores.num_rows}, None
-    else:
-        device = resolve_device(data.cfg.train.device)
-        started = time.perf_counter()
-        result = build_ranker_scores(
-            data.dataset, _retriever(checkpoint, data, device), data.cfg.ranker, device=device
-        )
-        scores, ranker = result.scores, result.ranker
-        quality = {
-            "source": "built-in",
-            **result.quality,
-            "sql_queries": result.queries,
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-    ref = tables.write(with_original_ids(scores, users, items), "ranker_scores")
-    return ref, quality, ranker
-
-
-def finetune(
-    config: dict,
-    refs: dict,
-    q_ref: TableRef,
-    checkpoint: dict,
-    scores_ref: TableRef,
-    results: dict,
-    ranker: Any,
-    tables: Any,
-    card: Any = None,
-) -> tuple[dict, dict, dict]:
-    """Distil the ranker into the retriever; evaluate it as ``sasrec_two_stage``.
-
-    Returns:
-        ``(finetune_checkpoint, model_results, distillation)``.
-    """
-    from recmodel.distill import distillation_metrics
-    from recmodel.distributed import resolve_device
-    from recmodel.finetune import finetune as distil
-
-    _maybe_fail("finetune", tables)
-    data = load_step_data(config, refs)
-    cfg = data.cfg
-    device = resolve_device(cfg.train.device)
-    pretrained = _retriever(checkpoint, data, device)
-    scores = read_table(scores_ref)
-    live = TrainingCard(card, "sasrec_two_stage (pairwise logit loss)")
-    result = distil(
-        pretrained,
-        data.dataset,
-        scores,
-        cfg.finetune,
-        cfg.train,
-        q_counts(q_ref, data.dataset.n_items),
-        cfg.q,
-        cfg.eval,
-        device=device,
-        progress=live.update,
-    )
-    live.finish(result.history)
-    items, item_scores = result.model.recommend(
-        data.test.histories,
-        data.test.users,
-        REC_K,
-        exclude=_exclude(data),
-        chunk_items=cfg.eval.chunk_items,
-    )
-    entry = model_result(
-        data,
-        "sasrec_two_stage",
-        items,
-        item_scores,
-        tables,
-        fit_seconds=result.seconds,
-        model_size=_n_params(result.model),
-        history=result.history,
-        best_epoch=result.best_epoch,
-    )
-    distillation = distillation_metrics(
-        {"pretrain": pretrained, "finetune": result.model},
-        data.dataset,
-        scores,
-        ranker=ranker,
-        n_candidates=cfg.ranker.n_candidates,
-        device=device,
-    )
-    ckpt = {"safetensors": result.checkpoint, "model_config": result.model_config}
-    return ckpt, {**results, "sasrec_two_stage": entry}, distillation
