@@ -185,6 +185,7 @@ class TrainConfig:
     eval_users: int = 2_000  # validation users scored each epoch (0 = all)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     threads: int = 0  # torch CPU threads; 0 = cores / 2, as two trainings run side by side
+    processes: int = 0  # data-parallel workers in the step; 0 = one per visible GPU (1 on CPU)
 
     def __post_init__(self) -> None:
         _check(

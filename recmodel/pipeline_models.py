@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import tempfile
@@ -146,17 +147,22 @@ def _state_dir(tables: Any) -> str | None:
 
 def _state_store(tables: Any, name: str):
     """Durable training state of model ``name``: a retry of the step continues from it."""
-    from recmodel.fault_injection import inject_fault
     from recmodel.train_state import TrainStateStore, checkpoint_every
 
     state_dir = _state_dir(tables)
     if state_dir is None:
         return None
 
-    def after_epoch(epoch: int) -> None:  # $RECMODEL_FAIL_ONCE=pretrain:epochK
-        inject_fault(STEP_OF[name], f"epoch{epoch}", state_dir)
-
+    # A partial, not a closure: it must pickle into the data-parallel workers.
+    after_epoch = functools.partial(_after_epoch, STEP_OF[name], state_dir)
     return TrainStateStore(f"{state_dir}/{name}.pt", checkpoint_every(), after_epoch)
+
+
+def _after_epoch(stage: str, state_dir: str, epoch: int) -> None:
+    """$RECMODEL_FAIL_ONCE=pretrain:epochK fails the step once, after epoch K is saved."""
+    from recmodel.fault_injection import inject_fault
+
+    inject_fault(stage, f"epoch{epoch}", state_dir)
 
 
 def maybe_fail(stage: str, tables: Any) -> None:
@@ -198,7 +204,7 @@ def pretrain(
         ``(checkpoint, model_results)``: safetensors bytes with the model config, and the
         model's entry for ``model_results``.
     """
-    from recmodel.train import pretrain as train_retriever
+    from recmodel.launch import pretrain_data_parallel
 
     maybe_fail(STEP_OF[name], tables)
     data = load_step_data(config, refs)
@@ -208,7 +214,7 @@ def pretrain(
     live = TrainingCard(card, f"{name} (logQ: {logq})")
     counts = q_counts(q_ref, data.dataset.n_items)
     init_state, warm = _warm_state(warm_start_run, name, data)
-    result = train_retriever(
+    result = pretrain_data_parallel(
         data.dataset,
         counts,
         cfg.model,
@@ -218,6 +224,7 @@ def pretrain(
         progress=live.update,
         init_state=init_state,
         state_store=_state_store(tables, name),
+        processes=cfg.train.processes,
     )
     live.finish(result.history)
     entry = trained_result(
