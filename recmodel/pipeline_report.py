@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from recmodel.columns import Columns
 from recmodel.config import PipelineConfig, from_dict
 from recmodel.evaluation import sample_test_users
 from recmodel.report import build_report, report_card_components, write_report_files
-from recmodel.tables import TableRef, read_table
+from recmodel.tables import TableRef, copy_file, read_table
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +57,7 @@ def publish_files(files: dict[str, str], root: str) -> dict[str, str]:
     out = {}
     for name, local in files.items():
         uri = f"{root}/{Path(local).name}"
-        if "://" in uri:
-            fs, path = pafs.FileSystem.from_uri(uri)
-        else:
-            fs, path = pafs.LocalFileSystem(), uri
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(local, path, destination_filesystem=fs)
+        copy_file(local, uri)
         out[name] = uri
     return out
 

@@ -91,6 +91,23 @@ def run_table_root(flow: Any = None) -> str:
     return f"{str(root).rstrip('/')}/{current.flow_name}/{current.run_id}/{TABLES_DIR}/{current.step_name}"
 
 
+def copy_file(local_path: str | Path, uri: str) -> str:
+    """Copy a finished local file to ``uri`` (a path or an object-store URI) atomically.
+
+    Locally the copy is written under a temporary name and renamed when complete; object
+    stores write a key atomically on close. Returns the destination path.
+    """
+    fs, path = _filesystem(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        shutil.copyfile(local_path, tmp)
+        os.replace(tmp, path)
+    else:
+        pafs.copy_files(str(local_path), path, destination_filesystem=fs)
+    return path
+
+
 def publish(local_path: str | Path, uri: str) -> TableRef:
     """Copy a finished local Parquet file to ``uri`` and return its reference.
 
@@ -101,14 +118,7 @@ def publish(local_path: str | Path, uri: str) -> TableRef:
     meta = pq.read_metadata(local_path)
     schema = meta.schema.to_arrow_schema()
     digest, size = _sha256(pafs.LocalFileSystem(), local_path)
-    fs, path = _filesystem(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
-    else:  # object stores write a key atomically on close
-        pafs.copy_files(local_path, path, destination_filesystem=fs)
+    path = copy_file(local_path, uri)
     ref = TableRef(
         uri=uri if "://" in uri else path,
         rows=meta.num_rows,
