@@ -9,8 +9,12 @@ ratio of the largest to the smallest size against the event ratio.
 Targets: cost linear in events (10M at most 12x 1M), peak RSS < 3 GiB at 10M, and at least
 1M events/s end to end on 2 cores.
 
+Out of core: ``--memory-limit`` is DuckDB's; with a limit below the size of the events in
+memory (rows x column widths, reported as "data") the run must spill to disk instead of
+failing. The spill directory is polled while the child runs and its largest size reported.
+
     python benchmarks/bench_extract.py                       # 1M and 10M events
-    python benchmarks/bench_extract.py --sizes 100000 1000000
+    python benchmarks/bench_extract.py --sizes 10000000 50000000 --memory-limit 1GB
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +64,40 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
+def data_bytes(events: Path) -> int:
+    """Size of the events in memory: rows x the byte widths of the (fixed-width) columns."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(events)
+    width = sum(field.type.byte_width for field in schema)
+    return pq.ParquetFile(events).metadata.num_rows * width
+
+
+class SpillProbe:
+    """Polls a directory's total file size in a thread; ``peak`` is the largest seen."""
+
+    def __init__(self, path: Path, every_s: float = 0.2):
+        self.path, self.every_s, self.peak = path, every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SpillProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                size = sum(f.stat().st_size for f in self.path.glob("*") if f.is_file())
+            except FileNotFoundError:  # a file removed between the listing and the stat
+                continue
+            self.peak = max(self.peak, size)
+
+
 def cpu_seconds() -> float:
     """User + system CPU time of this process, every thread included."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -70,7 +109,7 @@ def child(events: Path, items: Path, threads: int, memory_limit: str) -> dict:
     import duckdb
 
     from recmodel.config import ExtractConfig, QConfig
-    from recmodel.extract import extract
+    from recmodel.extract import SPILL_DIRNAME, extract
     from recmodel.qtable import estimate_q
     from recmodel.sources import SourceSpec, register_source
 
@@ -82,7 +121,8 @@ def child(events: Path, items: Path, threads: int, memory_limit: str) -> dict:
         cpu_start = cpu_seconds()
         start = time.perf_counter()
         register_source(con, SourceSpec(kind="canonical", events=str(events), items=str(items)))
-        result = extract(con, cfg, out)
+        with SpillProbe(out / SPILL_DIRNAME) as spill:
+            result = extract(con, cfg, out)
         extracted = time.perf_counter()
         estimate_q(con, result.paths["events"], result.paths["items"], QConfig(), out / "q.parquet")
         done = time.perf_counter()
@@ -94,6 +134,8 @@ def child(events: Path, items: Path, threads: int, memory_limit: str) -> dict:
         "cpu_s": cpu,
         "load_avg": [load, os.getloadavg()[0]],
         "peak_rss": peak_rss_bytes(),
+        "spill_peak": spill.peak,
+        "memory_limit": memory_limit,
         "raw_events": result.summary["stages"]["raw"]["events"],
         "final_events": result.summary["n_events"],
         "stages_s": stages,
@@ -107,6 +149,7 @@ def measure(size: int, args) -> dict:
     proc = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["size"] = size
+    result["data_bytes"] = data_bytes(events)
     result["total_s"] = result["extract_s"] + result["q_s"]
     result["events_per_s"] = result["raw_events"] / result["total_s"]
     # On a loaded machine wall time includes waiting for a core; CPU time spread over the
@@ -116,12 +159,16 @@ def measure(size: int, args) -> dict:
 
 
 def report(results: list[dict], threads: int) -> None:
-    print(f"{'size':>10} {'raw events':>11} {'extract s':>9} {'Q s':>6} {'events/s':>10} "
-          f"{'CPU s':>6} {'ev/s @cpu':>10} {'peak RSS':>9} {'load':>10}")  # fmt: skip
+    print(f"DuckDB memory limit {results[0]['memory_limit']}, {threads} threads")
+    print(f"{'size':>10} {'raw events':>11} {'data':>7} {'extract s':>9} {'Q s':>6} "
+          f"{'events/s':>10} {'CPU s':>6} {'ev/s @cpu':>10} {'peak RSS':>9} {'spilled':>8} "
+          f"{'load':>10}")  # fmt: skip
     for r in results:
-        print(f"{r['size']:>10,} {r['raw_events']:>11,} {r['extract_s']:>9.2f} {r['q_s']:>6.2f} "
-              f"{r['events_per_s']:>10,.0f} {r['cpu_s']:>6.2f} {r['cpu_events_per_s']:>10,.0f} "
-              f"{r['peak_rss'] / 2**30:>7.2f} G {r['load_avg'][0]:>4.1f}-{r['load_avg'][1]:<4.1f}")  # fmt: skip
+        print(f"{r['size']:>10,} {r['raw_events']:>11,} {r['data_bytes'] / 2**30:>5.2f} G "
+              f"{r['extract_s']:>9.2f} {r['q_s']:>6.2f} {r['events_per_s']:>10,.0f} "
+              f"{r['cpu_s']:>6.2f} {r['cpu_events_per_s']:>10,.0f} "
+              f"{r['peak_rss'] / 2**30:>7.2f} G {r['spill_peak'] / 2**30:>6.2f} G "
+              f"{r['load_avg'][0]:>4.1f}-{r['load_avg'][1]:<4.1f}")  # fmt: skip
     slowest = sorted(results[-1]["stages_s"].items(), key=lambda kv: -kv[1])[:3]
     print(
         f"slowest stages at {results[-1]['size']:,}: "

@@ -27,13 +27,45 @@ metadata as (
     ) = 1
 ),
 
-item_stats as (
-    select
-        item_id,
-        count(*) as count,
-        median(track_length_seconds) as track_length_seconds
+item_counts as (
+    select item_id, count(*) as count
     from pre_test
     group by item_id
+),
+
+length_counts as (
+    -- median() keeps every value of a group in memory and cannot spill; a track has few
+    -- distinct lengths, so the median is taken over (item, length) counts instead.
+    select item_id, track_length_seconds as length, count(*) as n
+    from pre_test
+    where track_length_seconds is not null
+    group by item_id, track_length_seconds
+),
+
+length_ranks as (
+    select
+        item_id,
+        length,
+        sum(n) over (partition by item_id order by length rows unbounded preceding) as up_to,
+        sum(n) over (partition by item_id) as total
+    from length_counts
+),
+
+item_lengths as (
+    -- The mean of the values at the 1-based sorted positions floor((n+1)/2) and floor(n/2)+1:
+    -- the middle value for odd n, the mean of the two middle values for even n.
+    select
+        item_id,
+        (min(length) filter (where up_to >= (total + 1) // 2)
+         + min(length) filter (where up_to >= total // 2 + 1)) / 2 as track_length_seconds
+    from length_ranks
+    group by item_id
+),
+
+item_stats as (
+    select c.item_id, c.count, l.track_length_seconds
+    from item_counts as c
+    left join item_lengths as l on c.item_id = l.item_id
 ),
 
 indexed as (

@@ -316,6 +316,39 @@ def test_vocabulary_order_and_metadata_codes(tmp_path):
     }
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_track_length_is_the_median_of_pre_test_events(tmp_path, seed):
+    """The median from (item, length) counts equals numpy's median of the pre-test events."""
+    rng = np.random.default_rng(seed)
+    lengths = [None, 180.0, 181.5, 200.0, 240.0, 301.25]
+    log = []
+    for user in range(30):
+        n = int(rng.integers(3, 40))
+        times = np.sort(rng.choice(100 * DAY, n, replace=False))
+        for ts in times:
+            item = int(rng.integers(1, 13))
+            # Items 1-3 have one length each, item 12 none, the others a mix with unknowns.
+            length = lengths[item] if item <= 3 else lengths[int(rng.integers(len(lengths)))]
+            length = None if item == 12 else length
+            log.append((user, item, int(ts), None, length))
+    cfg = config(drop_consecutive_repeats=False)  # leave-last-out: each user's last is a test
+    result = extract(connect(log), cfg, tmp_path)
+    by_user = defaultdict(list)
+    for user, item, ts, _, length in log:
+        by_user[user].append((ts, item, length))
+    pre_test = defaultdict(list)
+    for events in by_user.values():
+        for _, item, length in sorted(events)[:-1]:
+            if length is not None:
+                pre_test[item].append(length)
+    items = table(result, "items")
+    got = dict(zip(items["item_id"], items["track_length_seconds"], strict=True))
+    expected = {i: float(np.median(pre_test[i])) if pre_test[i] else None for i in got}
+    assert got == expected
+    assert got[12] is None and len(got) == 12
+    assert sum(len(v) % 2 == 0 for v in pre_test.values()) > 2  # even counts: two middles
+
+
 def test_empty_item_table_gives_unknown_codes(tmp_path):
     result = extract(connect(VOCAB_LOG), config(), tmp_path)
     items = table(result, "items")
