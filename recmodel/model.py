@@ -213,6 +213,19 @@ class Retriever(nn.Module):
         assert inputs.dim() == 2, inputs.shape
         return self.encoder(self.tower(inputs), inputs != PAD)
 
+    def encode(self, inputs: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states ``[B, T, D]`` of ``inputs [B, T]`` and item vectors ``[M, D]`` of ``ids [M]``.
+
+        Equal to ``(self(inputs), self.item_vectors(ids))``, from one tower pass over the distinct
+        ids of both: in training the targets are the inputs shifted by one and popular negatives
+        recur, so most tracks of a step would otherwise go through the tower twice or more.
+        """
+        assert inputs.dim() == 2 and ids.dim() == 1, (inputs.shape, ids.shape)
+        distinct, where = torch.unique(torch.cat([inputs.reshape(-1), ids]), return_inverse=True)
+        vectors = self.tower(distinct)[where]  # [B*T + M, D]
+        tokens = vectors[: inputs.numel()].view(*inputs.shape, -1)  # [B, T, D]
+        return self.encoder(tokens, inputs != PAD), vectors[inputs.numel() :]
+
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         return self.tower(ids)
 

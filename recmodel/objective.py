@@ -150,13 +150,13 @@ def next_item_loss(
     """
     device = batch.inputs.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        hidden = model(batch.inputs)  # [B, T, D]
-        h = hidden.reshape(-1, hidden.shape[-1])[batch.positions]  # [B*T, D] -> [P, D]
         neg_ids, neg_log_q, pos_log_q = candidates.draw(
             batch.global_targets, batch.targets, generator
         )
         n_pos = len(batch.targets)
-        vectors = model.item_vectors(torch.cat([batch.targets, neg_ids]))  # [P + M, D]
+        # vectors: [P + M, D] of the positives, then the negatives
+        hidden, vectors = model.encode(batch.inputs, torch.cat([batch.targets, neg_ids]))
+        h = hidden.reshape(-1, hidden.shape[-1])[batch.positions]  # [B*T, D] -> [P, D]
         pos_logits = model.head.pairwise(h, vectors[:n_pos])  # [P]
         neg_logits = model.head(h, vectors[n_pos:])  # [P, M]
         if model.repeat is not None:

@@ -38,6 +38,34 @@ def test_shapes(model):
         model(random_inputs(2, CFG.max_len + 1))
 
 
+def test_encode_equals_separate_passes_values_and_gradients():
+    """One tower pass over distinct ids gives the values and gradients of two separate passes."""
+    torch.manual_seed(3)
+    model = Retriever(item_features(N_ITEMS), CFG).train()  # dropout is 0: deterministic
+    inputs = random_inputs(4, CFG.max_len, seed=4)
+    inputs[0, :3] = PAD  # padding goes through the tower in both versions
+    ids = torch.cat([inputs[:, -1], random_inputs(1, 9, seed=5)[0]])  # repeats and new ids
+    weights = torch.randn(CFG.d_model, generator=torch.Generator().manual_seed(6))
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        hidden, vectors = fn()
+        ((hidden @ weights).square().sum() + (vectors @ weights).exp().sum()).backward()
+        grads = {}
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                grads[name] = p.grad.to_dense() if p.grad.is_sparse else p.grad.clone()
+        return hidden.detach(), vectors.detach(), grads
+
+    fused = loss_and_grads(lambda: model.encode(inputs, ids))
+    separate = loss_and_grads(lambda: (model(inputs), model.item_vectors(ids)))
+    assert torch.allclose(fused[0], separate[0], atol=1e-5)
+    assert torch.allclose(fused[1], separate[1], atol=1e-5)
+    assert fused[2].keys() == separate[2].keys() and len(fused[2]) > 10
+    for name, grad in separate[2].items():
+        assert torch.allclose(fused[2][name], grad, atol=1e-4), name
+
+
 def test_attention_mask_exact():
     valid = torch.tensor([[False, True, True]])
     expected = [[1, 0, 0], [0, 1, 0], [0, 1, 1]]  # padding query 0 sees only itself
