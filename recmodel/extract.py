@@ -5,6 +5,11 @@ runs the files in order on a connection where ``raw_events`` and ``raw_items`` a
 views, records what ran, checks the result and writes the outputs. Stages 01-10 build temporary
 tables, stage 11 counts them, and the Parquet outputs (stages 12-15) are only written once the
 counts pass the sanity checks, so a failed extraction leaves no outputs behind.
+
+Every table is dropped as soon as the last file that reads it has run. The summary's counts of
+the large intermediate tables are taken right after their stage (``sql/counts/``), so at most
+two event-sized tables are alive at once: under a memory limit below the data size, DuckDB
+spills less and the summary reads small tables.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ TABLE_FILES = (
     "09_user_vocab.sql", "10_final_events.sql",
 )  # fmt: skip
 SUMMARY_FILE = "11_summary.sql"
+# The summary's counts of a stage's table, run right after the stage that builds it.
+COUNT_FILES = {
+    table: f"counts/{table}.sql"
+    for table in ("clean_events", "sessions", "split_events", "filtered_events")
+}
+KEEP_TABLES = ("split_bounds",)  # read from Python after the summary, dropped at the end
 WRITE_FILES = dict(zip(OUTPUTS, (
     "12_write_events.sql", "13_write_items.sql", "14_write_users.sql",
     "15_write_test_targets.sql",
@@ -55,6 +66,7 @@ SPLIT_TIMES = ("t_min", "t_max", "t_finetune", "t_val", "t_test")
 _PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 _COMMENT = re.compile(r"--[^\n]*")
 _CREATES = re.compile(r"create or replace temp table (\w+)", re.IGNORECASE)
+_READS = re.compile(r"\b(?:from|join)\s+(\w+)", re.IGNORECASE)  # tables a statement reads
 _COUNTING = ("create", "copy", "insert")  # statements whose result is one row count
 
 
@@ -64,7 +76,8 @@ class ExtractResult:
 
     Attributes:
         paths: ``events``, ``items``, ``users``, ``test_targets`` -> Parquet files in out_dir.
-        queries: per executed SQL file ``{"file", "sql", "params", "rows", "seconds"}``.
+        queries: per executed SQL file ``{"file", "sql", "params", "rows", "seconds",
+            "dropped"}`` (``dropped``: the tables dropped after it, their last reader).
         summary: counts per stage and per split window, split times, dropped counts.
     """
 
@@ -173,11 +186,47 @@ def table_stages(protocol: str) -> list[str]:
     return [name.format(protocol=protocol) for name in TABLE_FILES]
 
 
-def drop_stage_tables(con, protocol: str) -> None:
-    """Drop the temporary tables of stages 01-10, freeing the memory they hold."""
+def extraction_plan(protocol: str) -> list[str]:
+    """Every SQL file in run order: each table stage followed by its counts, the summary, the
+    writes."""
+    plan = []
     for name in table_stages(protocol):
-        table = _CREATES.search((SQL_DIR / name).read_text()).group(1)
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+        plan.append(name)
+        counts = COUNT_FILES.get(created_table(name))
+        plan += [counts] if counts else []
+    return [*plan, SUMMARY_FILE, *WRITE_FILES.values()]
+
+
+def created_table(name: str) -> str | None:
+    """The temporary table that ``sql/<name>`` creates, if any."""
+    found = _CREATES.search(_COMMENT.sub("", (SQL_DIR / name).read_text()))
+    return found.group(1) if found else None
+
+
+def drop_schedule(plan: list[str]) -> dict[str, list[str]]:
+    """For each file of ``plan``, the tables it is the last to read (or create), in plan order.
+
+    Tables in :data:`KEEP_TABLES` are left for :func:`drop_tables` at the end.
+    """
+    created = {created_table(name) for name in plan} - {None}
+    last_reader = {}
+    for name in plan:
+        read = set(_READS.findall(_COMMENT.sub("", (SQL_DIR / name).read_text())))
+        for table in sorted(created & (read | {created_table(name)})):
+            last_reader[table] = name
+    schedule: dict[str, list[str]] = {name: [] for name in plan}
+    for table, name in last_reader.items():
+        if table not in KEEP_TABLES:
+            schedule[name].append(table)
+    return schedule
+
+
+def drop_tables(con, plan: list[str]) -> None:
+    """Drop every temporary table the files of ``plan`` create, freeing what they hold."""
+    for name in plan:
+        table = created_table(name)
+        if table:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def extract(
@@ -203,9 +252,18 @@ def extract(
     for path in paths.values():
         path.unlink(missing_ok=True)  # a stale output must not outlive a failed run
     params = stage_params(cfg, paths)
+    plan = extraction_plan(cfg.protocol)
+    schedule = drop_schedule(plan)
+
+    def run(name: str) -> tuple[dict, list[tuple]]:
+        record, rows = run_sql_file(con, name, params)
+        for table in schedule[name]:
+            con.execute(f"DROP TABLE {table}")
+        return {**record, "dropped": schedule[name]}, rows
+
     try:
-        queries = [run_sql_file(con, name, params)[0] for name in table_stages(cfg.protocol)]
-        record, rows = run_sql_file(con, SUMMARY_FILE, params)
+        queries = [run(name)[0] for name in plan[: plan.index(SUMMARY_FILE)]]
+        record, rows = run(SUMMARY_FILE)
         queries.append(record)
         rows_of = {query["file"]: query["rows"] for query in queries}
         kept = {
@@ -214,9 +272,9 @@ def extract(
         }
         summary = build_summary(rows, _split_bounds(con), kept, cfg, settings)
         check_sanity(summary, cfg)
-        queries += [run_sql_file(con, WRITE_FILES[name], params)[0] for name in OUTPUTS]
+        queries += [run(WRITE_FILES[name])[0] for name in OUTPUTS]
     finally:
-        drop_stage_tables(con, cfg.protocol)
+        drop_tables(con, plan)
     log.info(
         "extracted %d events of %d users and %d items",
         summary["n_events"],

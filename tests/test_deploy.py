@@ -152,7 +152,12 @@ def test_the_code_package_holds_the_library_sql_and_presets(template, s3_endpoin
     s3.download_file(BUCKET, env["METAFLOW_CODE_URL"].removeprefix(f"s3://{BUCKET}/"), local)
     with tarfile.open(local) as archive:
         names = set(archive.getnames())
-    assert {"recmodel/train.py", "sql/01_clean_events.sql", "configs/tiny.toml"} <= names
+    assert {
+        "recmodel/train.py",
+        "sql/01_clean_events.sql",
+        "sql/counts/sessions.sql",
+        "configs/tiny.toml",
+    } <= names
 
 
 def test_training_state_round_trips_through_the_object_store(s3_endpoint, monkeypatch):

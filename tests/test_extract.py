@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recmodel import extract as extract_module
 from recmodel.config import ExtractConfig
 from recmodel.extract import OUTPUTS, SQL_DIR, extract
 from recmodel.validate import InputError
@@ -407,9 +408,11 @@ def test_no_listen_events_is_an_input_error(tmp_path):
 def test_queries_record_each_file_text_params_and_rows(tmp_path):
     result = extract(connect(VOCAB_LOG, ITEMS), config(), tmp_path)
     files = [q["file"] for q in result.queries]
-    assert files[:4] == [
+    assert files[:6] == [
         "sql/01_clean_events.sql",
+        "sql/counts/clean_events.sql",
         "sql/02_sessionize.sql",
+        "sql/counts/sessions.sql",
         "sql/03_split_bounds.sql",
         "sql/04_split_leave_last_out.sql",
     ]
@@ -437,6 +440,39 @@ def test_queries_record_each_file_text_params_and_rows(tmp_path):
     }
     assert by_file["sql/12_write_events.sql"]["rows"] == 11
     assert by_file["sql/13_write_items.sql"]["rows"] == 4
+
+
+EVENT_TABLES = {"clean_events", "sessions", "split_events", "filtered_events", "final_events"}
+
+
+@pytest.mark.parametrize("protocol", ["temporal", "leave_last_out"])
+def test_each_table_is_dropped_after_its_last_reader(tmp_path, monkeypatch, protocol):
+    """Tables alive when each file starts: only what a later file reads."""
+    alive, real = {}, extract_module.run_sql_file
+
+    def spy(con, name, params):
+        tables = con.execute("select table_name from duckdb_tables() where temporary").fetchall()
+        alive[name] = {table for (table,) in tables}
+        return real(con, name, params)
+
+    monkeypatch.setattr(extract_module, "run_sql_file", spy)
+    log = random_log(0, as_string=False)
+    cfg = config(protocol=protocol, test_days=4, val_days=3, finetune_days=5)
+    result = extract(connect(log), cfg, tmp_path)
+    counts = {
+        f"{t}_counts" for t in ("clean_events", "sessions", "split_events", "filtered_events")
+    }
+    assert alive["08_item_vocab.sql"] == {"split_bounds", "filtered_events", *counts}
+    assert alive["11_summary.sql"] == {
+        "split_bounds", "final_events", "item_vocab", "user_vocab", *counts
+    }  # fmt: skip
+    assert alive["15_write_test_targets.sql"] == {"split_bounds", "final_events"}
+    # One event-sized table when a file starts: while it runs, the one it reads and the one it
+    # builds.
+    assert max(len(tables & EVENT_TABLES) for tables in alive.values()) == 1
+    by_file = {q["file"]: q["dropped"] for q in result.queries}
+    assert by_file["sql/02_sessionize.sql"] == ["clean_events"]
+    assert by_file[f"sql/04_split_{protocol}.sql"] == ["sessions"]
 
 
 def test_output_schemas(tmp_path):
