@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from recmodel.report_text import pretty_metric
+
 DPI = 110  # sharp in the Metaflow UI without multi-megabyte cards
 PANEL_SIZE = (5.2, 3.6)  # inches per panel
 REFERENCE_COLOR = "#d62728"  # the reference model stands out in every figure
@@ -168,8 +170,8 @@ def _bars(
     colors = [REFERENCE_COLOR if m == reference else OTHER_COLOR for m in models]
     ax.bar(np.arange(len(models)), means, yerr=err, capsize=4, color=colors)
     ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right")
-    title = _pretty(metric) + (" (95% interval)" if intervals else "")
-    _style(ax, title, None, _pretty(metric), legend=False)
+    title = pretty_metric(metric) + (" (95% interval)" if intervals else "")
+    _style(ax, title, None, pretty_metric(metric), legend=False)
     if not models:
         ax.text(0.5, 0.5, "no model has this metric", ha="center", transform=ax.transAxes)
 
@@ -185,18 +187,6 @@ def _ecdf(values: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """float ``[G]``: share of ``values`` at or below each grid point."""
     ordered = np.sort(np.asarray(values, dtype=np.float64))
     return np.searchsorted(ordered, grid, side="right") / max(len(ordered), 1)
-
-
-def _pretty(metric: str) -> str:
-    name, _, k = metric.partition("@")
-    label = {
-        "recall": "Recall",
-        "ndcg": "NDCG",
-        "hitrate": "HitRate",
-        "coverage": "Coverage",
-        "pop_pct": "Popularity pct",
-    }.get(name, name)
-    return f"{label}@{k}" if k else label
 
 
 def _style(ax, title: str, xlabel: str | None, ylabel: str, legend: bool = True) -> None:

@@ -26,15 +26,16 @@ def table_metrics(ks: tuple[int, ...]) -> list[str]:
 
 
 def pretty_metric(metric: str) -> str:
+    """``"ndcg@10"`` -> ``"NDCG@10"``; a name without a label is kept as it is."""
     name, _, k = metric.partition("@")
     label = {
         "recall": "Recall",
         "ndcg": "NDCG",
         "hitrate": "HitRate",
         "coverage": "Coverage",
-        "pop_pct": "Pop. pct",
-    }[name]
-    return f"{label}@{k}"
+        "pop_pct": "Popularity pct",
+    }.get(name, name)
+    return f"{label}@{k}" if k else label
 
 
 # -- protocol ----------------------------------------------------------------------------------

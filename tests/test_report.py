@@ -12,7 +12,7 @@ import pytest
 
 from recmodel.config import EvalConfig
 from recmodel.report import build_report, report_card_components, write_report_files
-from recmodel.report_text import BETTER, SAME, WORSE
+from recmodel.report_text import BETTER, SAME, WORSE, pretty_metric
 
 KS = (10, 50, 100)
 FAST = EvalConfig(bootstrap_samples=200, seed=3)
@@ -332,3 +332,10 @@ def test_figures_are_png_and_files_link_them(random_report, tmp_path: Path):
     for name in report.figures:
         assert f"]({name}.png)" in report.markdown
         assert (md.parent / f"{name}.png").read_bytes() == report.figures[name]
+
+
+def test_metric_labels_shared_by_tables_and_figures():
+    assert pretty_metric("ndcg@10") == "NDCG@10"
+    assert pretty_metric("pop_pct@100") == "Popularity pct@100"
+    assert pretty_metric("mrr@5") == "mrr@5"  # no label: kept as it is
+    assert pretty_metric("coverage") == "Coverage"
