@@ -268,15 +268,16 @@ def correctness(case: Case, device: torch.device) -> list[Row]:
     return compare(ref, dev, case.n_items, counts)
 
 
-def step_flops(case: Case, positions: int) -> dict[str, float]:
+def step_flops(case: Case, positions: int, tower_rows: int) -> dict[str, float]:
     """Model FLOPs of one training step, by part (multiply-add = 2 FLOPs).
 
     Every window of this script is full, so a batch is ``[B, max_len]``. With ``N = B T`` input
     tokens (padding included: the encoder computes them), ``P`` target
-    positions, ``M`` shared negatives, ``D = d_model``, ``L`` blocks, ``I = id_dim + 5 meta_dim``
-    the tower's projection input and ``A`` the acoustic width, the forward pass costs
+    positions, ``M`` shared negatives, ``U`` distinct ids among inputs, targets and negatives,
+    ``D = d_model``, ``L`` blocks, ``I = id_dim + 5 meta_dim`` the tower's projection input and
+    ``A`` the acoustic width, the forward pass costs
 
-    - tower: ``(N + P + M) (2 I D + 2 A meta_dim)``, every looked-up item once;
+    - tower: ``U (2 I D + 2 A meta_dim)``, one pass over the step's distinct ids;
     - encoder matmuls: ``2 N 12 D^2 L`` (qkv ``3 D^2``, output ``D^2``, MLP ``8 D^2``);
     - attention: ``4 B T^2 D L`` (``Q K^T`` and ``A V`` over the full ``T x T``: the boolean
       mask keeps fused kernels from skipping the upper triangle);
@@ -291,13 +292,26 @@ def step_flops(case: Case, positions: int) -> dict[str, float]:
     tower_in = cfg.id_dim + (len(META_FIELDS) + 1) * cfg.meta_dim  # + acoustic projection
     per_item = 2 * tower_in * d + 2 * ACOUSTIC_DIM * cfg.meta_dim
     forward = {
-        "tower": per_item * (n_tokens + positions + m),
+        "tower": per_item * tower_rows,
         "encoder": 2 * n_tokens * (3 + 1 + 2 * MLP_RATIO) * d * d * cfg.n_blocks,
         "attention": 4 * b * t * t * d * cfg.n_blocks,
         "logits": 2 * positions * d * (1 + m),
         "repeat": 4 * n_tokens * d if cfg.repeat_aware else 0,
     }
     return {part: 3.0 * flops for part, flops in forward.items()}
+
+
+def tower_rows(steps: list, case: Case) -> int:
+    """Mean distinct ids per step among inputs and targets, plus the ``M`` negatives.
+
+    The negatives are drawn inside the step; counting them as distinct from each other and
+    from the batch is exact but for rare collisions in a large catalog (an upper bound).
+    """
+    distinct = [
+        len(np.unique(np.concatenate([s.local.inputs.ravel(), s.local.targets.ravel()])))
+        for s in steps
+    ]
+    return int(np.mean(distinct)) + case.negatives
 
 
 def _sync(device: torch.device) -> None:
@@ -396,7 +410,7 @@ def throughput(sizes: Sizes, device: torch.device, profile: str) -> tuple[list[R
     seconds = (time.perf_counter() - start) / len(timed)
     peak = max(peak, matmul_flops_per_s(sizes.matmul_n, device))  # bracket the run
     positions = float(np.mean([s.n_global for s in timed]))
-    flops = sum(step_flops(sizes.speed, int(positions)).values())
+    flops = sum(step_flops(sizes.speed, int(positions), tower_rows(timed, sizes.speed)).values())
     util = flops / seconds / peak
     finite = bool(torch.isfinite(torch.stack(losses)).all())
     below = util < TARGET_UTILIZATION

@@ -70,15 +70,15 @@ def test_step_flops_tiny_case_by_hand():
     # N = B T = 2 tokens, P = 2, M = 3, D = 4, L = 1, I = 4 + 5 * 2 = 14, A = 8.
     cfg = ModelConfig(4, 1, 1, 2, 0.0, id_dim=4, meta_dim=2)
     case = gpu.Case(10, cfg, batch=1, negatives=3, n_users=1)
-    assert gpu.step_flops(case, positions=2) == {
-        "tower": 3 * (2 * 14 * 4 + 2 * 8 * 2) * (2 + 2 + 3),  # 3024
+    assert gpu.step_flops(case, positions=2, tower_rows=7) == {
+        "tower": 3 * (2 * 14 * 4 + 2 * 8 * 2) * 7,  # 3024
         "encoder": 3 * 2 * 2 * 12 * 16,  # 2304
         "attention": 3 * 4 * 1 * 4 * 4,  # 192
         "logits": 3 * 2 * 2 * 4 * 4,  # 192
         "repeat": 3 * 4 * 2 * 4,  # 96
     }
     no_repeat = gpu.Case(10, ModelConfig(4, 1, 1, 2, 0.0, repeat_aware=False), 1, 3, 1)
-    assert gpu.step_flops(no_repeat, positions=2)["repeat"] == 0
+    assert gpu.step_flops(no_repeat, positions=2, tower_rows=7)["repeat"] == 0
 
 
 def test_step_flops_matches_torch_flop_counter():
@@ -99,7 +99,12 @@ def test_step_flops_matches_torch_flop_counter():
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         next_item_loss(model, batch, candidates, torch.Generator().manual_seed(0), "all").backward()
     assert batch.inputs.shape == (case.batch, case.model.max_len)  # full windows: N = P
-    analytic = sum(gpu.step_flops(case, len(batch.targets)).values())
+    negatives = candidates.draw(
+        batch.global_targets, batch.targets, torch.Generator().manual_seed(0)
+    )[0]
+    rows = len(torch.unique(torch.cat([batch.inputs.ravel(), batch.targets, negatives])))
+    assert gpu.tower_rows([step], case) >= rows  # the script's estimate, an upper bound
+    analytic = sum(gpu.step_flops(case, len(batch.targets), rows).values())
     assert counter.get_total_flops() == pytest.approx(analytic, rel=0.01)
 
 
