@@ -320,8 +320,8 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
         self.active = False
 
-    def wrap(self, fn, name):
-        """``fn`` timed under ``name`` (or ``name(*args)`` when ``name`` is callable)."""
+    def wrap(self, fn, name: str):
+        """``fn`` timed under ``name``."""
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
@@ -329,12 +329,11 @@ class PhaseTimer:
                 return fn(*args, **kwargs)
             finally:
                 if self.active:
-                    key = name(*args) if callable(name) else name
-                    self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+                    self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
         return timed
 
-    def patch(self, stack: contextlib.ExitStack, owner, attr: str, name) -> None:
+    def patch(self, stack: contextlib.ExitStack, owner, attr: str, name: str) -> None:
         """Replace ``owner.attr`` by its timed version until ``stack`` closes."""
         timed = self.wrap(getattr(owner, attr), name)
         stack.enter_context(mock.patch.object(owner, attr, timed))
@@ -378,9 +377,6 @@ def instrument(timer: PhaseTimer, model, optimizer, candidates):
     import recmodel.objective as objective
     import recmodel.train as train
 
-    def tower(ids):
-        return f"  item tower ({'inputs' if ids.dim() == 2 else 'candidates'})"
-
     with contextlib.ExitStack() as stack:
         batch = timer.wrap(objective.DeviceBatch.from_step, "to tensors")  # bound classmethod
         stack.enter_context(mock.patch.object(objective.DeviceBatch, "from_step",
@@ -389,7 +385,7 @@ def instrument(timer: PhaseTimer, model, optimizer, candidates):
             (train, "next_item_loss", "forward + loss"),
             (objective, "repeat_bonus", "  repeat bonus"),
             (objective, "sampled_softmax_loss", "  sampled softmax + logQ"),
-            (model.tower, "forward", tower),
+            (model.tower, "forward", "  item tower (distinct ids of the step)"),
             (model.encoder, "forward", "  encoder"),
             (candidates, "draw", "  negative sampling"),
             (torch.Tensor, "backward", "backward"),
