@@ -243,7 +243,7 @@ def peer_top_k(path: Path, users: np.ndarray) -> np.ndarray:
     """int64 ``[U, K]`` from the peer's long table; :data:`EMPTY` where it returned nothing."""
     import pyarrow.parquet as pq
 
-    from recmodel.metrics import EMPTY
+    from recmodel.topk import EMPTY
 
     table = pq.read_table(path)
     rec_users = table.column("user_id").to_numpy()

@@ -15,7 +15,8 @@ import torch
 from recmodel.baselines_base import EMPTY, Recommender, implicit_scope, play_matrix
 from recmodel.columns import Window
 from recmodel.data import Dataset, UserItems
-from recmodel.metrics import evaluate, topk_chunked
+from recmodel.metrics import evaluate
+from recmodel.topk import topk_chunked
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import threadpoolctl
 
 from recmodel.data import Dataset, UserItems
-from recmodel.metrics import EMPTY  # the same empty-slot marker as the chunked top-k
+from recmodel.topk import EMPTY  # the same empty-slot marker as the chunked top-k
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from torch import nn
 from recmodel.batches import PAD, last_items
 from recmodel.config import ModelConfig
 from recmodel.data import ItemFeatures, UserItems
-from recmodel.metrics import EMPTY, topk_chunked
 from recmodel.repeat import RepeatBias
+from recmodel.topk import EMPTY, topk_chunked
 
 META_FIELDS = ("artist", "album", "genre", "tempo_bucket")  # categorical item metadata
 MLP_RATIO = 4  # feed-forward width / d_model

@@ -18,8 +18,9 @@ import pyarrow.compute as pc
 from recmodel.columns import Columns
 from recmodel.config import EvalConfig
 from recmodel.data import UserItems
-from recmodel.metrics import EMPTY, evaluate, popularity_percentile
+from recmodel.metrics import evaluate, popularity_percentile
 from recmodel.stats import bootstrap_ci, paired_bootstrap_diff
+from recmodel.topk import EMPTY
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Chunked top-k against a plain full sort; metrics against per-user Python loops."""
+"""Chunked top-k (recmodel.topk) against a full sort, metrics (recmodel.metrics) against loops."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from recmodel.data import UserItems
-from recmodel.metrics import EMPTY, evaluate, popularity_percentile, topk_chunked
+from recmodel.metrics import evaluate, popularity_percentile
+from recmodel.topk import EMPTY, topk_chunked
 
 
 def _user_items(rows: list[list[int]]) -> UserItems:
