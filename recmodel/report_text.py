@@ -205,7 +205,8 @@ def legend_markdown(data: dict[str, Any]) -> str:
             "",
             marks,
             "",
-            f"Coverage@{max(ks)}: distinct recommended tracks / catalog size. Pop. pct@{min(ks)}: "
+            f"{pretty_metric(f'coverage@{max(ks)}')}: distinct recommended tracks / catalog size. "
+            f"{pretty_metric(f'pop_pct@{min(ks)}')}: "
             f"mean popularity percentile of the top-{min(ks)} tracks (100 = most played before the "
             "test window; higher = stronger popularity bias).",
         ]
