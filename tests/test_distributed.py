@@ -1,14 +1,13 @@
 """Data parallelism: two gloo processes train the same weights as one process on the same batch."""
 
 import dataclasses
-import datetime
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import free_port, join_gloo_group
 from retriever_data import cycle_dataset, one_thread
 from safetensors.torch import load_file, save_file
 
@@ -41,29 +40,14 @@ def train_state(negatives: str) -> dict[str, torch.Tensor]:
 
 
 def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )
-    torch.set_num_threads(1)
     # One group for both runs, as under torchrun: pretrain joins it and leaves it open.
-    # The timeout turns a mismatched collective into an error instead of a hang.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    join_gloo_group(rank, world_size, port)
     try:
         for negatives in MODES:
             state = train_state(negatives)
             save_file(state, os.path.join(out_dir, f"{negatives}-{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -8,10 +8,8 @@ earlier steps.
 """
 
 import dataclasses
-import datetime
 import json
 import os
-import socket
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -19,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from gloo_group import free_port, join_gloo_group
 from retriever_data import cycle_dataset
 
 import recmodel.progress
@@ -60,8 +59,9 @@ class Interrupt(RuntimeError):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread for every training here: results are compared bit for bit."""
+def one_thread_module():
+    """One thread for every training here, module fixtures included: results are compared
+    bit for bit."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -183,16 +183,7 @@ def test_a_state_of_another_training_is_ignored(cycle, tmp_path, caplog):
 
 def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     """One rank: an uninterrupted training, then one interrupted after epoch 0 and resumed."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-    )
-    torch.set_num_threads(1)
-    # The timeout turns a mismatched collective into an error instead of a hang.
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    join_gloo_group(rank, world_size, port)
     try:
         dataset = cycle_dataset(n_items=20, n_users=40, length=25)
         reference = train(dataset)
@@ -223,10 +214,7 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 def test_two_ranks_resume_to_the_uninterrupted_weights(tmp_path, monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for report in reports:
         assert report["resumed_from"] == {"epoch": 1, "step": 0}
