@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export METAFLOW_USER ?= recmodel
 export PYTHONHASHSEED := 0
 
-.PHONY: setup run test test-fast lint format bench clean
+.PHONY: setup run test test-fast lint format bench bench-peer clean
 
 setup: $(VENV)/.installed
 
@@ -40,8 +40,21 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The self-contained benchmarks; the peer comparison has its own environment (bench-peer).
+BENCHES := bench_synthetic bench_extract bench_topk bench_train
+
 bench: setup
-	for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	for name in $(BENCHES); do echo "== $$name"; $(PY) benchmarks/$$name.py || exit 1; done
+
+# RecTools in .venv-peer, never in the project's environment (benchmarks/README.md).
+.venv-peer/.installed: benchmarks/requirements.txt
+	$(PYTHON) -m venv .venv-peer
+	.venv-peer/bin/pip install --quiet "$(TORCH_SPEC)"
+	.venv-peer/bin/pip install --quiet -r benchmarks/requirements.txt
+	touch $@
+
+bench-peer: setup .venv-peer/.installed
+	$(PY) benchmarks/bench_peer.py
 
 clean:
 	rm -rf .metaflow .pytest_cache .ruff_cache
