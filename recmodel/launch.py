@@ -42,13 +42,15 @@ def process_count(requested: int, device: str) -> int:
     return 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str, args: tuple, kwargs: dict):
+def set_rank_environment(rank: int, world_size: int, port: int) -> None:
+    """The variables torchrun gives a rank on this machine; the trainer joins their group."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -56,6 +58,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, args: tuple, kw
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world_size),
     )
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str, args: tuple, kwargs: dict):
+    set_rank_environment(rank, world_size, port)
     result = pretrain(*args, **kwargs)
     if rank == 0:  # the model is rebuilt from the checkpoint in the parent
         fields = {k: v for k, v in vars(result).items() if k != "model"}
@@ -76,7 +82,7 @@ def pretrain_data_parallel(*args: Any, processes: int = 0, **kwargs: Any) -> Tra
     kwargs = {**kwargs, "progress": None}
     log.info("data parallel pretraining on %d processes", n)
     with tempfile.TemporaryDirectory(prefix="recmodel-ddp-") as tmp:
-        mp.spawn(_worker, args=(n, _free_port(), tmp, args, kwargs), nprocs=n, join=True)
+        mp.spawn(_worker, args=(n, free_port(), tmp, args, kwargs), nprocs=n, join=True)
         fields = pickle.loads(Path(tmp, RESULT_FILE).read_bytes())
     model = load_retriever(fields["checkpoint"], fields["model_config"], dataset.items)
     del cfg_model  # the checkpoint carries the model config

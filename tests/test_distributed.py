@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from gloo_group import free_port, join_gloo_group
+from gloo_group import join_gloo_group
 from retriever_data import cycle_dataset, one_thread
 from safetensors.torch import load_file, save_file
 
@@ -19,6 +19,7 @@ from recmodel.distributed import (
     init_distributed,
     resolve_device,
 )
+from recmodel.launch import free_port
 from recmodel.train import pretrain
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)

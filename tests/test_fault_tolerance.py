@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from gloo_group import free_port, join_gloo_group
+from gloo_group import join_gloo_group
 from retriever_data import cycle_dataset
 
 import recmodel.progress
@@ -25,6 +25,7 @@ import recmodel.train_state
 from recmodel.batches import WindowBatcher, make_windows
 from recmodel.config import EvalConfig, ModelConfig, QConfig, TrainConfig
 from recmodel.fault_injection import FAIL_ONCE_ENV, FaultSpec, InjectedFault, inject_fault
+from recmodel.launch import free_port
 from recmodel.train import pretrain
 from recmodel.train_state import (
     CHECKPOINT_EVERY_ENV,
