@@ -142,9 +142,8 @@ def test_flow_parameters_are_workflow_arguments(template):
     assert {"preset", "events", "overrides", "warm-start"} <= names
 
 
-# The code package holds only the flow's own directory (flows/): without
-# @package_sources(["../recmodel", "../sql", "../configs"], suffixes=[".py", ".sql", ".toml"])
-# on the flow, a pod can import recmodel only from its image (docs/production.md).
+# Metaflow packages only the flow's own directory (flows/); the flow's @package_sources adds
+# recmodel/, sql/ (with its subdirectories) and configs/: pods do not need them in the image.
 def test_the_code_package_holds_the_library_sql_and_presets(template, s3_endpoint, tmp_path):
     _, s3 = s3_endpoint
     env = {e["name"]: e.get("value") for e in step_templates(template)["start"]["container"]["env"]}
