@@ -61,6 +61,39 @@ def test_bias_matches_a_plain_loop(head):
                 assert got[b, t, c].item() == pytest.approx(want, abs=1e-5)
 
 
+def test_bias_gradients_match_a_plain_loop(head):
+    """The one-gather pair table gives the gradients of the per-entry formula."""
+    inputs, hidden = _windows(seed=4)
+    hidden.requires_grad_(True)
+    ids = torch.as_tensor(np.random.default_rng(5).integers(0, 10, size=(5, 6)))
+    weights = torch.randn(5, 12, 6, generator=torch.Generator().manual_seed(6))
+
+    def grads(loss):
+        params = [*head.parameters(), hidden]
+        return torch.autograd.grad(loss, params, allow_unused=True)
+
+    fast = grads((head.bias(inputs, hidden, ids) * weights).sum())
+    loop = torch.zeros((), dtype=torch.float32)
+    for b in range(5):
+        for t in range(12):
+            for c in range(6):
+                item = int(ids[b, c])
+                seen = [s for s in range(t + 1) if inputs[b, s] == item and item != 0]
+                if seen:
+                    count, since = len(seen), t - max(seen)
+                    value = (
+                        head.count.weight[_bucket(count, COUNT_EDGES), 0]
+                        + head.recency.weight[_bucket(since, RECENCY_EDGES), 0]
+                        + head.propensity(hidden[b, t]).squeeze()
+                    )
+                    loop = loop + weights[b, t, c] * value
+    slow = grads(loop)
+    assert len(fast) == 5  # count, recency, propensity weight and bias, hidden states
+    for got, want in zip(fast, slow, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert slow[0].abs().sum() > 0 and slow[1].abs().sum() > 0  # both tables get gradients
+
+
 @torch.no_grad()
 def test_diagonal_and_last_bias_agree_with_bias(head):
     inputs, hidden = _windows(seed=2)
