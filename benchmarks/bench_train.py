@@ -74,6 +74,7 @@ def random_histories(n_items: int, length: int, rng: np.random.Generator) -> Use
 class StepTimes:
     seconds: list[float]
     positions: int  # training positions per step
+    tower_rows: int  # mean distinct ids of inputs and targets, plus the negatives (upper bound)
 
     @property
     def median(self) -> float:
@@ -109,22 +110,29 @@ def time_steps(n_items: int, cfg: ModelConfig, steps: int, warmup: int, seed: in
     batches = (step for epoch in itertools.count() for step in batcher.epoch(epoch))
     generator, ctx = torch.Generator().manual_seed(seed), DistContext()
     model.train()
-    seconds = []
+    seconds, distinct = [], []
     for i in range(warmup + steps):
         step = next(batches)
         start = time.perf_counter()
         train_step(model, optimizer, candidates, generator, step, train.logq, ctx)
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
-    return StepTimes(seconds, BATCH * cfg.max_len)
+            ids = np.concatenate([step.local.inputs.ravel(), step.local.targets.ravel()])
+            distinct.append(len(np.unique(ids)))
+    return StepTimes(seconds, BATCH * cfg.max_len, int(np.mean(distinct)) + NEGATIVES)
 
 
-def step_flops(cfg: ModelConfig, positions: int, acoustic_dim: int = ACOUSTIC_DIM) -> float:
-    """Matmul FLOPs of one training step (forward x 3 for forward + backward)."""
+def step_flops(
+    cfg: ModelConfig, positions: int, tower_rows: int, acoustic_dim: int = ACOUSTIC_DIM
+) -> float:
+    """Matmul FLOPs of one training step (forward x 3 for forward + backward).
+
+    ``tower_rows``: the distinct ids the item tower runs over (inputs, targets, negatives).
+    """
     b_t, d, t = positions, cfg.d_model, cfg.max_len
     tower_in = cfg.id_dim + 5 * cfg.meta_dim  # id + 4 categorical + acoustic projection
     per_item = 2 * tower_in * d + 2 * acoustic_dim * cfg.meta_dim
-    tower = per_item * (b_t + positions + NEGATIVES)  # input tokens, positives, negatives
+    tower = per_item * tower_rows  # one pass over the step's distinct ids
     per_token = (2 * 3 * d * d + 2 * d * d + 2 * 2 * d * MLP_RATIO * d) + 2 * 2 * t * d
     encoder = cfg.n_blocks * per_token * b_t
     head = 2 * positions * d * (NEGATIVES + 1)
@@ -149,7 +157,7 @@ def throughput(steps: int) -> dict[str, float]:
     cfg = ModelConfig()
     peak = matmul_flops_per_s()
     times = time_steps(50_000, cfg, steps=steps, warmup=3)
-    flops = step_flops(cfg, times.positions)
+    flops = step_flops(cfg, times.positions, times.tower_rows)
     achieved = flops / times.median
     peak_after = matmul_flops_per_s()  # the machine is shared: bracket the run
     return {

@@ -282,7 +282,7 @@ def step_flops(case: Case, positions: int, tower_rows: int) -> dict[str, float]:
     - attention: ``4 B T^2 D L`` (``Q K^T`` and ``A V`` over the full ``T x T``: the boolean
       mask keeps fused kernels from skipping the upper triangle);
     - logits: ``2 P D (1 + M)`` over ``[P, 1 + M]`` candidates;
-    - repeat bonus propensity: ``2 x 2 N D`` (two calls of a ``D -> 1`` layer).
+    - repeat bonus propensity: ``2 N D`` (a ``D -> 1`` layer, once per step).
 
     Forward plus backward is 3 x forward, so the encoder is the usual ``6 params tokens`` and
     attention ``12 B T^2 D L``.
@@ -296,7 +296,7 @@ def step_flops(case: Case, positions: int, tower_rows: int) -> dict[str, float]:
         "encoder": 2 * n_tokens * (3 + 1 + 2 * MLP_RATIO) * d * d * cfg.n_blocks,
         "attention": 4 * b * t * t * d * cfg.n_blocks,
         "logits": 2 * positions * d * (1 + m),
-        "repeat": 4 * n_tokens * d if cfg.repeat_aware else 0,
+        "repeat": 2 * n_tokens * d if cfg.repeat_aware else 0,
     }
     return {part: 3.0 * flops for part, flops in forward.items()}
 

@@ -75,7 +75,7 @@ def test_step_flops_tiny_case_by_hand():
         "encoder": 3 * 2 * 2 * 12 * 16,  # 2304
         "attention": 3 * 4 * 1 * 4 * 4,  # 192
         "logits": 3 * 2 * 2 * 4 * 4,  # 192
-        "repeat": 3 * 4 * 2 * 4,  # 96
+        "repeat": 3 * 2 * 2 * 4,  # 48
     }
     no_repeat = gpu.Case(10, ModelConfig(4, 1, 1, 2, 0.0, repeat_aware=False), 1, 3, 1)
     assert gpu.step_flops(no_repeat, positions=2, tower_rows=7)["repeat"] == 0
