@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from retriever_data import one_thread
 
 from recmodel.losses import (
     MASKED_LOGIT,
@@ -19,13 +20,8 @@ from recmodel.sampling import NegativeSampler
 MODES = ("all", "none", "negatives_only")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: on a busy machine the intra-op pool's wake-ups cost ~20x the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy machine the intra-op pool's wake-ups cost ~20x the work itself.
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 # ----------------------------------------------------------------------------- references

@@ -6,18 +6,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from retriever_data import one_thread
 from scipy import stats
 
 from recmodel.sampling import NegativeSampler, frequency_log_q
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: on a busy machine the intra-op pool's wake-ups cost ~20x the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: on a busy machine the intra-op pool's wake-ups cost ~20x the work itself.
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def _proposal(counts, alpha, mix, smoothing):
