@@ -6,8 +6,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from gloo_group import join_gloo_group
+from gloo_group import join_gloo_group, spawn_ranks
 from retriever_data import cycle_dataset, one_thread
 from safetensors.torch import load_file, save_file
 
@@ -19,7 +18,6 @@ from recmodel.distributed import (
     init_distributed,
     resolve_device,
 )
-from recmodel.launch import free_port
 from recmodel.train import pretrain
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -53,9 +51,7 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(worker, 2, str(tmp_path), monkeypatch)
     for negatives in MODES:
         single = train_state(negatives)
         ranks = [load_file(tmp_path / f"{negatives}-{r}.safetensors") for r in range(2)]

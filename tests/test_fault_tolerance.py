@@ -16,8 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from gloo_group import join_gloo_group
+from gloo_group import join_gloo_group, spawn_ranks
 from retriever_data import cycle_dataset
 
 import recmodel.progress
@@ -25,7 +24,6 @@ import recmodel.train_state
 from recmodel.batches import WindowBatcher, make_windows
 from recmodel.config import EvalConfig, ModelConfig, QConfig, TrainConfig
 from recmodel.fault_injection import FAIL_ONCE_ENV, FaultSpec, InjectedFault, inject_fault
-from recmodel.launch import free_port
 from recmodel.train import pretrain
 from recmodel.train_state import (
     CHECKPOINT_EVERY_ENV,
@@ -213,9 +211,7 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_resume_to_the_uninterrupted_weights(tmp_path, monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    mp.spawn(ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    spawn_ranks(ddp_worker, 2, str(tmp_path), monkeypatch)
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for report in reports:
         assert report["resumed_from"] == {"epoch": 1, "step": 0}
