@@ -27,41 +27,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from gpu import ACOUSTIC_DIM, make_candidates, random_catalog  # benchmarks/, beside this file
 
 from recmodel.batches import WindowBatcher, make_windows
-from recmodel.config import ModelConfig, QConfig, TrainConfig
-from recmodel.data import ItemFeatures, UserItems
+from recmodel.config import ModelConfig, TrainConfig
+from recmodel.data import UserItems
 from recmodel.distributed import DistContext
 from recmodel.model import MLP_RATIO, Retriever
-from recmodel.objective import CandidateSampler
 from recmodel.optim import build_optimizer
-from recmodel.sampling import NegativeSampler
 from recmodel.train import train_step
 
 logger = logging.getLogger("bench_train")
 
 BATCH = 128
 NEGATIVES = 256
-ACOUSTIC_DIM = 8
 USERS = 512  # histories of max_len + 1 items: every window is full (B * max_len positions)
 MATMUL_N = 2048
-
-
-def random_items(n_items: int, rng: np.random.Generator) -> ItemFeatures:
-    """Random metadata whose cardinalities grow with the catalog, as real ones do."""
-
-    def codes(cardinality: int) -> np.ndarray:
-        return rng.integers(0, cardinality, n_items + 1, dtype=np.int32)
-
-    return ItemFeatures(
-        artist=codes(max(n_items // 10, 2)),
-        album=codes(max(n_items // 5, 2)),
-        genre=codes(20),
-        tempo_bucket=codes(17),
-        acoustic=rng.standard_normal((n_items + 1, ACOUSTIC_DIM), dtype=np.float32),
-        has_acoustic=rng.random(n_items + 1) < 0.9,
-        track_length=np.full(n_items + 1, 200.0, dtype=np.float32),
-    )
 
 
 def random_histories(n_items: int, length: int, rng: np.random.Generator) -> UserItems:
@@ -85,17 +66,11 @@ def time_steps(n_items: int, cfg: ModelConfig, steps: int, warmup: int, seed: in
     """Seconds of each of ``steps`` training steps after ``warmup`` untimed ones."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = Retriever(random_items(n_items, rng), cfg)
+    model = Retriever(random_catalog(n_items, rng), cfg)
     counts = rng.zipf(1.3, n_items + 1).clip(max=10**6)
     train = TrainConfig(batch_size=BATCH, n_negatives=NEGATIVES)
-    q = QConfig()
-    candidates = CandidateSampler(
-        train.negatives,
-        NEGATIVES,
-        NegativeSampler(counts, q.alpha, q.uniform_mix, q.smoothing),
-        counts,
-        q.smoothing,
-    )
+    assert train.negatives == "shared", train.negatives  # what make_candidates builds
+    candidates = make_candidates(counts, NEGATIVES)
     optimizer = build_optimizer(
         model,
         lr=train.lr,
