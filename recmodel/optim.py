@@ -1,9 +1,15 @@
 """Optimizers of the retriever: AdamW for dense weights, lazy Adam for the embedding tables.
 
-The tower's embedding tables get sparse gradients and ``torch.optim.SparseAdam``: a step reads
-and writes only the rows present in the gradient (the items and metadata codes of the batch and
-its negatives), so its cost does not grow with the catalog. Its moment estimates are dense
-tensors allocated on the first step (once, ``2 x`` the table size).
+The tower's embedding tables get sparse gradients and :class:`LazyAdam`: a step reads and writes
+only the rows present in the gradient (the items and metadata codes of the batch and its
+negatives), so its cost does not grow with the catalog. Its moment estimates are dense tensors
+allocated on the first step (once, ``2 x`` the table size).
+
+:class:`LazyAdam` computes exactly what ``torch.optim.SparseAdam`` computes (the same state, the
+same arithmetic in the same order), but moves rows with ``index_select`` / ``index_copy_``
+instead of adding sparse tensors to dense ones. On CUDA that sparse-to-dense addition goes
+through an accumulating ``index_put_``, which on a 10M-row table took 80% of a training step
+(docs/gpu.md); the gradient's rows are unique once coalesced, so a plain copy is enough.
 
 Gradient clipping acts on the dense gradients only. Sparse rows are not clipped: Adam's step on a
 row is bounded by its learning rate whatever the gradient scale, and the global norm of a sparse
@@ -39,12 +45,61 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class LazyAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam`` with row gathers and copies instead of sparse additions.
+
+    Same constructor, state (``step``, ``exp_avg``, ``exp_avg_sq``) and results; see the module
+    docstring for why.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - as torch.optim.SparseAdam.step
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, group)
+        return loss
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        if not param.grad.is_sparse:
+            raise RuntimeError("LazyAdam needs sparse gradients (nn.Embedding(sparse=True))")
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        grad = -param.grad if group.get("maximize", False) else param.grad
+        grad = grad.coalesce()  # unique rows: the update is non-linear in the gradient
+        rows, values = grad.indices()[0], grad.values()  # [R], [R, ...]
+        if values.numel() == 0:
+            return
+        beta1, beta2 = group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        old_avg = exp_avg.index_select(0, rows)  # [R, ...]
+        old_sq = exp_avg_sq.index_select(0, rows)
+        # old <- old + (1 - b) * (new - old), in SparseAdam's order of operations
+        numer = values.sub(old_avg).mul_(1 - beta1).add_(old_avg)
+        second = values.pow(2).sub_(old_sq).mul_(1 - beta2).add_(old_sq)
+        exp_avg.index_copy_(0, rows, numer)
+        exp_avg_sq.index_copy_(0, rows, second)
+        denom = second.sqrt_().add_(group["eps"])
+        step = state["step"]
+        step_size = float(group["lr"]) * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        update = -step_size * numer.div_(denom)
+        param.index_copy_(0, rows, param.index_select(0, rows).add_(update))
+
+
 @dataclass
 class RetrieverOptimizer:
     """A dense AdamW and a sparse lazy Adam stepped together under one schedule."""
 
     dense: torch.optim.AdamW
-    sparse: torch.optim.SparseAdam | None  # None: the tables are frozen (sparse_lr = 0)
+    sparse: LazyAdam | None  # None: the tables are frozen (sparse_lr = 0)
     schedulers: list[torch.optim.lr_scheduler.LambdaLR]
     grad_clip: float
     sparse_params: list[torch.Tensor]
@@ -109,7 +164,7 @@ def build_optimizer(
     )
     sparse_params = model.sparse_parameters()
     sparse = (
-        torch.optim.SparseAdam(sparse_params, lr=sparse_lr, betas=ADAM_BETAS)
+        LazyAdam(sparse_params, lr=sparse_lr, betas=ADAM_BETAS)
         if sparse_params and sparse_lr > 0
         else None
     )
