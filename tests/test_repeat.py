@@ -162,3 +162,22 @@ def test_recommend_equals_a_full_sort_of_dot_plus_bonus(one_thread):  # noqa: F8
     want_scores, want_at = torch.sort(full, dim=1, descending=True)
     np.testing.assert_allclose(got_scores, want_scores[:, :5].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got_ids, (want_at[:, :5] + 1).numpy())
+
+
+def test_small_table_lookup_equals_indexing():
+    """Values and gradient of the bincount path equal those of plain indexing."""
+    from recmodel.repeat import SmallTableLookup
+
+    generator = torch.Generator().manual_seed(3)
+    index = torch.randint(0, 56, (4, 9, 9), generator=generator)
+    upstream = torch.randn(4, 9, 9, generator=generator, dtype=torch.float64)
+    table = torch.randn(56, dtype=torch.float64, requires_grad=True)
+    reference = torch.randn(56, dtype=torch.float64)
+    reference.copy_(table.detach())
+    reference.requires_grad_(True)
+    out = SmallTableLookup.apply(table, index)
+    expected = reference[index]
+    assert torch.equal(out, expected)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(table.grad, reference.grad, rtol=1e-12, atol=1e-12)
