@@ -43,8 +43,8 @@ TARGET_EVENTS_PER_S = 1e6
 
 def generate(size: int, data_dir: Path) -> tuple[Path, Path, int]:
     """The synthetic log of about ``size`` events, generated once and cached."""
-    from recmodel.config import SyntheticConfig
-    from recmodel.synthetic import generate as generate_log
+    from recmodel.core.config import SyntheticConfig
+    from recmodel.synthetic.generator import generate as generate_log
 
     out = data_dir / f"events_{size}"
     marker = out / "n_events.json"
@@ -108,10 +108,11 @@ def child(events: Path, items: Path, threads: int, memory_limit: str) -> dict:
     """Register the source, extract and estimate Q; return timings and peak RSS."""
     import duckdb
 
-    from recmodel.config import ExtractConfig, QConfig
-    from recmodel.extract import SPILL_DIRNAME, extract
-    from recmodel.qtable import estimate_q
-    from recmodel.sources import SourceSpec, register_source
+    from recmodel.core.config import ExtractConfig, QConfig
+    from recmodel.ingest.extract import SPILL_DIRNAME, extract
+    from recmodel.ingest.qtable import build_q_table
+    from recmodel.ingest.readers import SourceSpec
+    from recmodel.ingest.sources import register_source
 
     cfg = ExtractConfig(threads=threads, memory_limit=memory_limit)
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
@@ -124,7 +125,9 @@ def child(events: Path, items: Path, threads: int, memory_limit: str) -> dict:
         with SpillProbe(out / SPILL_DIRNAME) as spill:
             result = extract(con, cfg, out)
         extracted = time.perf_counter()
-        estimate_q(con, result.paths["events"], result.paths["items"], QConfig(), out / "q.parquet")
+        build_q_table(
+            con, result.paths["events"], result.paths["items"], QConfig(), out / "q.parquet"
+        )
         done = time.perf_counter()
         cpu = cpu_seconds() - cpu_start
     stages = {q["file"].removeprefix("sql/"): round(q["seconds"], 3) for q in result.queries}

@@ -21,7 +21,7 @@ import time
 import torch
 from torch import nn
 
-from recmodel.optim import LazyAdam
+from recmodel.retriever.optim import LazyAdam
 
 
 def _sync(device: torch.device) -> None:

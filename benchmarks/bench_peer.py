@@ -3,10 +3,10 @@
 Protocol. A synthetic log (about 1M events, 50k tracks) is generated and extracted once with
 this project's code (cached under ``--data-dir``), so both sides see the same pretrain/test
 split. Both train on exactly the same next-item transitions: every training window of our
-batcher (:func:`recmodel.batches.make_windows` over the pretrain window) is exported as one
+batcher (:func:`recmodel.retriever.batches.make_windows` over the pretrain window) is exported as one
 RecTools pseudo-user, whose last ``max_len + 1`` items are the whole window. Both are queried
 with every test user's history before the test window (last ``max_len`` items), return a
-top-100 without filtering heard tracks, and are scored by :func:`recmodel.metrics.evaluate`.
+top-100 without filtering heard tracks, and are scored by :func:`recmodel.evaluation.metrics.evaluate`.
 
 Same architecture sizes (blocks, hidden size, heads, ``max_len``, dropout), epochs, batch size
 and number of negatives; sampled softmax on both sides; each library keeps its own optimizer
@@ -83,10 +83,11 @@ def prepare(data_dir: Path, n_events: int, max_len: int) -> Data:
     """Generate, extract and export once; later calls reuse the files."""
     import duckdb
 
-    from recmodel.config import ExtractConfig, SyntheticConfig
-    from recmodel.extract import extract
-    from recmodel.sources import SourceSpec, register_source
-    from recmodel.synthetic import generate
+    from recmodel.core.config import ExtractConfig, SyntheticConfig
+    from recmodel.ingest.extract import extract
+    from recmodel.ingest.readers import SourceSpec
+    from recmodel.ingest.sources import register_source
+    from recmodel.synthetic.generator import generate
 
     data = Data(data_dir / f"events_{n_events}_len{max_len}")
     if data.peer_queries.exists():
@@ -103,9 +104,9 @@ def prepare(data_dir: Path, n_events: int, max_len: int) -> Data:
 
 def load(data: Data):
     """``(dataset, test_set)`` exactly as the pipeline builds them."""
-    from recmodel.config import EvalConfig
-    from recmodel.dataset_io import load_dataset
-    from recmodel.evaluation import build_test_set
+    from recmodel.core.config import EvalConfig
+    from recmodel.core.dataset_io import load_dataset
+    from recmodel.evaluation.testset import build_test_set
 
     dataset = load_dataset(data.table("events"), data.table("items"), data.table("users"))
     return dataset, build_test_set(dataset, EvalConfig())
@@ -124,7 +125,7 @@ def _write_sequences(path: Path, users: np.ndarray, items: np.ndarray) -> None:
 
 def export_peer_inputs(data: Data, max_len: int) -> None:
     """One pseudo-user per training window (ids = item_idx), and every test user's query."""
-    from recmodel.batches import make_windows
+    from recmodel.retriever.batches import make_windows
 
     dataset, test = load(data)
     windows = make_windows(dataset.train(), max_len)
@@ -150,7 +151,7 @@ def peak_rss_bytes() -> int:
 
 
 def model_configs(variant: str, args: argparse.Namespace):
-    from recmodel.config import ModelConfig, TrainConfig
+    from recmodel.core.config import ModelConfig, TrainConfig
 
     spec = VARIANTS[variant]
     model = ModelConfig(max_len=args.max_len, repeat_aware=spec["repeat_aware"])
@@ -162,12 +163,12 @@ def model_configs(variant: str, args: argparse.Namespace):
 
 
 def train_ours(variant: str, data: Data, out: Path, args: argparse.Namespace) -> dict:
-    """Pretrain through ``recmodel.train.pretrain`` and write the top-K ids (``.npy``)."""
+    """Pretrain through ``recmodel.retriever.train.pretrain`` and write the top-K ids (``.npy``)."""
     import torch
 
-    from recmodel.batches import make_windows
-    from recmodel.config import EvalConfig, QConfig
-    from recmodel.train import pretrain
+    from recmodel.core.config import EvalConfig, QConfig
+    from recmodel.retriever.batches import make_windows
+    from recmodel.retriever.train import pretrain
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -222,7 +223,7 @@ def run_peer(data: Data, out: Path, args: argparse.Namespace) -> dict:
 
 
 def _architecture_flags() -> list[str]:
-    from recmodel.config import ModelConfig
+    from recmodel.core.config import ModelConfig
 
     cfg = ModelConfig()
     return ["--blocks", str(cfg.n_blocks), "--heads", str(cfg.n_heads),
@@ -243,7 +244,7 @@ def peer_top_k(path: Path, users: np.ndarray) -> np.ndarray:
     """int64 ``[U, K]`` from the peer's long table; :data:`EMPTY` where it returned nothing."""
     import pyarrow.parquet as pq
 
-    from recmodel.topk import EMPTY
+    from recmodel.evaluation.topk import EMPTY
 
     table = pq.read_table(path)
     rec_users = table.column("user_id").to_numpy()
@@ -256,8 +257,8 @@ def peer_top_k(path: Path, users: np.ndarray) -> np.ndarray:
 
 def score(data: Data, out: Path, names: list[str]) -> dict[str, dict]:
     """Per-model summary metrics and, against the peer, the paired NDCG@10 difference."""
-    from recmodel.metrics import evaluate
-    from recmodel.stats import paired_bootstrap_diff
+    from recmodel.evaluation.metrics import evaluate
+    from recmodel.evaluation.stats import paired_bootstrap_diff
 
     dataset, test = load(data)
     results = {}
@@ -340,18 +341,18 @@ class PhaseTimer:
 
 
 def profile_setup(dataset, variant: str, args: argparse.Namespace):
-    """Model, optimizer, sampler and batch stream built as ``recmodel.train._Run`` does."""
+    """Model, optimizer, sampler and batch stream built as ``recmodel.retriever.train._Run`` does."""
     import itertools
 
     import torch
 
-    from recmodel.batches import WindowBatcher, make_windows
-    from recmodel.config import QConfig
-    from recmodel.distributed import DistContext
-    from recmodel.objective import CandidateSampler
-    from recmodel.optim import build_optimizer
-    from recmodel.sampling import NegativeSampler
-    from recmodel.train import build_model
+    from recmodel.core.config import QConfig
+    from recmodel.retriever.batches import WindowBatcher, make_windows
+    from recmodel.retriever.distributed import DistContext
+    from recmodel.retriever.negatives import NegativeSampler
+    from recmodel.retriever.objective import CandidateSampler
+    from recmodel.retriever.optim import build_optimizer
+    from recmodel.retriever.train import build_model
 
     cfg_model, cfg_train = model_configs(variant, args)
     q, counts, ctx = QConfig(), dataset.item_counts, DistContext()
@@ -371,11 +372,11 @@ def profile_setup(dataset, variant: str, args: argparse.Namespace):
 
 @contextlib.contextmanager
 def instrument(timer: PhaseTimer, model, optimizer, candidates):
-    """Time the phases of ``recmodel.train.train_step`` without changing what it computes."""
+    """Time the phases of ``recmodel.retriever.train.train_step`` without changing what it computes."""
     import torch
 
-    import recmodel.objective as objective
-    import recmodel.train as train
+    import recmodel.retriever.objective as objective
+    import recmodel.retriever.train as train
 
     with contextlib.ExitStack() as stack:
         batch = timer.wrap(objective.DeviceBatch.from_step, "to tensors")  # bound classmethod
@@ -405,7 +406,7 @@ def profile_variant(dataset, variant: str, args: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from recmodel.train import train_step
+    from recmodel.retriever.train import train_step
 
     model, optimizer, candidates, generator, steps, logq, ctx = profile_setup(
         dataset, variant, args)  # fmt: skip

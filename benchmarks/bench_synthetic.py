@@ -19,8 +19,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from recmodel.config import SyntheticConfig
-from recmodel.synthetic import generate, scaled_config
+from recmodel.core.config import SyntheticConfig
+from recmodel.synthetic.generator import generate, scaled_config
 
 
 def _run_one(cfg: SyntheticConfig, n_events: int, out_dir: str) -> dict[str, float]:

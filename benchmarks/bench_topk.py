@@ -1,4 +1,4 @@
-"""Full-catalog top-k: throughput and peak memory of ``recmodel.topk.topk_chunked``.
+"""Full-catalog top-k: throughput and peak memory of ``recmodel.evaluation.topk.topk_chunked``.
 
 Cases, each in a fresh interpreter so that its peak RSS (``ru_maxrss``) is its own:
 
@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from recmodel.topk import topk_chunked
+from recmodel.evaluation.topk import topk_chunked
 
 MIB = 1 << 20
 SEED = 0

@@ -1,4 +1,4 @@
-"""Training-step benchmarks of the retriever (same code path as ``recmodel.train.pretrain``).
+"""Training-step benchmarks of the retriever (same code path as ``recmodel.retriever.train.pretrain``).
 
 (a) Throughput at the default model size (``ModelConfig()``), batch 128, 256 shared negatives:
     training positions per second, and model FLOP/s as a share of this machine's measured fp32
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from gpu import ACOUSTIC_DIM, make_candidates, random_catalog  # benchmarks/, beside this file
 
-from recmodel.batches import WindowBatcher, make_windows
-from recmodel.config import ModelConfig, TrainConfig
-from recmodel.data import UserItems
-from recmodel.distributed import DistContext
-from recmodel.model import MLP_RATIO, Retriever
-from recmodel.optim import build_optimizer
-from recmodel.train import train_step
+from recmodel.core.config import ModelConfig, TrainConfig
+from recmodel.core.dataset import UserItems
+from recmodel.retriever.batches import WindowBatcher, make_windows
+from recmodel.retriever.distributed import DistContext
+from recmodel.retriever.model import MLP_RATIO, Retriever
+from recmodel.retriever.optim import build_optimizer
+from recmodel.retriever.train import train_step
 
 logger = logging.getLogger("bench_train")
 

@@ -3,7 +3,7 @@
 1. Correctness: one model and one batch (with one draw of negatives) on the CPU in float32 and on
    the device under the trainer's bf16 autocast give the same sampled-softmax loss (logQ
    corrected), gradients pointing the same way, and the same full-catalog top-k and NDCG.
-2. Throughput: training positions per second of ``recmodel.train.train_step`` on a 10M-track
+2. Throughput: training positions per second of ``recmodel.retriever.train.train_step`` on a 10M-track
    catalog with random metadata, 8192 shared negatives, d = 512, warm-up steps excluded.
 3. Model FLOP utilization: analytic model FLOPs per step (:func:`step_flops`) over the measured
    step time, divided by the card's bf16 matmul rate measured in the same run. Below the target,
@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from torch.autograd import DeviceType
 
-from recmodel.batches import Step, WindowBatcher, make_windows
-from recmodel.config import ModelConfig, QConfig, TrainConfig
-from recmodel.data import ItemFeatures, UserItems
-from recmodel.distributed import DistContext
-from recmodel.metrics import evaluate
-from recmodel.model import META_FIELDS, MLP_RATIO, Retriever
-from recmodel.objective import CandidateSampler, DeviceBatch, next_item_loss
-from recmodel.optim import build_optimizer
-from recmodel.sampling import NegativeSampler
-from recmodel.train import train_step
+from recmodel.core.config import ModelConfig, QConfig, TrainConfig
+from recmodel.core.dataset import ItemFeatures, UserItems
+from recmodel.evaluation.metrics import evaluate
+from recmodel.retriever.batches import Step, WindowBatcher, make_windows
+from recmodel.retriever.distributed import DistContext
+from recmodel.retriever.model import META_FIELDS, MLP_RATIO, Retriever
+from recmodel.retriever.negatives import NegativeSampler
+from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
+from recmodel.retriever.optim import build_optimizer
+from recmodel.retriever.train import train_step
 
 logger = logging.getLogger("bench_gpu")
 

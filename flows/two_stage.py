@@ -2,7 +2,7 @@
 
 Run ``python flows/two_stage.py run`` (built-in synthetic data, ``default`` preset) or
 ``python flows/two_stage.py run --preset tiny --events PATH [--items PATH] [--source KIND]``.
-Every step is one call into :mod:`recmodel.pipeline`; see README.md for the protocol.
+Every step is one call into :mod:`recmodel.steps.data`; see README.md for the protocol.
 """
 
 import logging
@@ -25,8 +25,6 @@ from metaflow import (  # noqa: E402
     step,
     timeout,
 )
-
-from recmodel import pipeline  # noqa: E402
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -99,7 +97,9 @@ class TwoStageFlow(FlowSpec):
     @step
     def start(self):
         """Resolve the configuration and validate the input before anything expensive."""
-        resolved = pipeline.start(
+        from recmodel.steps.data import resolve_warm_start, start
+
+        resolved = start(
             self.preset,
             self.overrides,
             self.source,
@@ -108,7 +108,7 @@ class TwoStageFlow(FlowSpec):
             self.ranker_scores_path,
         )
         self.config, self.inputs, self.input_checks = resolved
-        self.warm_start_run = pipeline.resolve_warm_start(self.warm_start, current.flow_name)
+        self.warm_start_run = resolve_warm_start(self.warm_start, current.flow_name)
         self.next(self.extract_sessions)
 
     @card(type="blank")
@@ -118,18 +118,25 @@ class TwoStageFlow(FlowSpec):
     @step
     def extract_sessions(self):
         """DuckDB SQL: clean, sessionize, filter, split and index the listening events."""
-        out = pipeline.extract_sessions(self.config, self.inputs, pipeline.RunTables(self))
+        from recmodel.steps.cards import data_card
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.data import extract_sessions
+
+        out = extract_sessions(self.config, self.inputs, RunTables(self))
         self.tables, self.sql_queries, self.data_summary = out
         self.test_targets = self.tables["test_targets"]
-        pipeline.data_card(current.card, self.data_summary)
+        data_card(current.card, self.data_summary)
         self.next(self.estimate_q)
 
     @card(type="blank")
     @step
     def estimate_q(self):
         """The Q table: smoothed item frequencies that negatives are drawn from."""
-        self.item_frequency, self.q_summary, q_queries = pipeline.estimate_q(
-            self.config, self.tables, pipeline.RunTables(self), current.card
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.data import estimate_q
+
+        self.item_frequency, self.q_summary, q_queries = estimate_q(
+            self.config, self.tables, RunTables(self), current.card
         )
         self.sql_queries = self.sql_queries + q_queries
         self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
@@ -141,16 +148,18 @@ class TwoStageFlow(FlowSpec):
     @step
     def pretrain(self):
         """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
-        out = pipeline.pretrain(
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.models import SASREC, pretrain
+
+        self.pretrain_checkpoint, self.pretrain_results = pretrain(
             self.config,
             self.tables,
             self.item_frequency,
-            "sasrec_pretrain",
-            pipeline.RunTables(self),
+            RunTables(self),
             current.card["training"],
             self.warm_start_run,
+            model=SASREC,
         )
-        self.pretrain_checkpoint, self.model_results = out
         self.next(self.materialize_ranker_scores)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -160,16 +169,18 @@ class TwoStageFlow(FlowSpec):
     @step
     def pretrain_no_logq(self):
         """The single-stage baseline: the same model and budget without logQ correction."""
-        out = pipeline.pretrain(
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.models import NO_LOGQ, pretrain
+
+        self.no_logq_checkpoint, self.no_logq_results = pretrain(
             self.config,
             self.tables,
             self.item_frequency,
-            "sasrec_no_logq",
-            pipeline.RunTables(self),
+            RunTables(self),
             current.card["training"],
             self.warm_start_run,
+            model=NO_LOGQ,
         )
-        self.no_logq_checkpoint, self.model_results = out
         self.next(self.join)
 
     @card(type="blank")
@@ -178,8 +189,12 @@ class TwoStageFlow(FlowSpec):
     @step
     def baselines(self):
         """Popularity, the user's own favourites, item-kNN and implicit ALS."""
-        self.model_results = pipeline.baselines(self.config, self.tables, pipeline.RunTables(self))
-        pipeline.results_card(current.card, "Baselines", self.model_results)
+        from recmodel.steps.cards import results_card
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.models import baselines
+
+        self.baseline_results = baselines(self.config, self.tables, RunTables(self))
+        results_card(current.card, "Baselines", self.baseline_results)
         self.next(self.join)
 
     @card(type="blank")
@@ -187,14 +202,15 @@ class TwoStageFlow(FlowSpec):
     @step
     def materialize_ranker_scores(self):
         """Score the retriever's candidates with the ranker (or import a production table)."""
-        self.ranker_scores, self.ranker_quality, self.ranker = pipeline.materialize_ranker_scores(
-            self.config,
-            self.inputs,
-            self.tables,
-            self.pretrain_checkpoint,
-            pipeline.RunTables(self),
+        from recmodel.steps.cards import ranker_card
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.distill import materialize_ranker_scores
+
+        self.ranker_scores, self.ranker_quality, self.ranker, queries = materialize_ranker_scores(
+            self.config, self.inputs, self.tables, self.pretrain_checkpoint, RunTables(self)
         )
-        pipeline.ranker_card(current.card, self.ranker_quality)
+        self.sql_queries = self.sql_queries + queries
+        ranker_card(current.card, self.ranker_quality)
         self.next(self.finetune)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -204,23 +220,27 @@ class TwoStageFlow(FlowSpec):
     @step
     def finetune(self):
         """Distil the ranker into the retriever with the pairwise logit loss."""
-        out = pipeline.finetune(
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.distill import finetune
+
+        self.finetune_checkpoint, self.finetune_results, self.distillation = finetune(
             self.config,
             self.tables,
             self.item_frequency,
             self.pretrain_checkpoint,
             self.ranker_scores,
-            self.model_results,
             self.ranker,
-            pipeline.RunTables(self),
+            RunTables(self),
             current.card["training"],
         )
-        self.finetune_checkpoint, self.model_results, self.distillation = out
         self.next(self.join)
 
     @step
     def join(self, inputs):
-        """Gather every model's results into one recommendations table."""
+        """Gather every branch's results into one dict and one recommendations table."""
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.join import join_recommendations, merge_results, train_history
+
         self.merge_artifacts(
             inputs,
             include=[
@@ -228,7 +248,6 @@ class TwoStageFlow(FlowSpec):
                 "inputs",
                 "input_checks",
                 "tables",
-                "sql_queries",
                 "data_summary",
                 "test_targets",
                 "item_frequency",
@@ -236,27 +255,34 @@ class TwoStageFlow(FlowSpec):
                 "warm_start_run",
             ],
         )
-        by_step = {inp._current_step: inp for inp in inputs}
-        self.pretrain_checkpoint = by_step["finetune"].pretrain_checkpoint
-        self.finetune_checkpoint = by_step["finetune"].finetune_checkpoint
-        self.no_logq_checkpoint = by_step["pretrain_no_logq"].no_logq_checkpoint
-        self.ranker_scores = by_step["finetune"].ranker_scores
-        self.ranker_quality = by_step["finetune"].ranker_quality
-        self.distillation = by_step["finetune"].distillation
-        self.model_results = pipeline.merge_results([inp.model_results for inp in inputs])
-        self.train_history = pipeline.train_history(self.model_results)
-        self.recommendations = pipeline.join_recommendations(
-            self.model_results, pipeline.RunTables(self)
+        second_stage = inputs.finetune
+        self.sql_queries = second_stage.sql_queries  # the branch that ran every query
+        self.pretrain_checkpoint = second_stage.pretrain_checkpoint
+        self.finetune_checkpoint = second_stage.finetune_checkpoint
+        self.no_logq_checkpoint = inputs.pretrain_no_logq.no_logq_checkpoint
+        self.ranker_scores = second_stage.ranker_scores
+        self.ranker_quality = second_stage.ranker_quality
+        self.distillation = second_stage.distillation
+        self.model_results = merge_results(
+            inputs.baselines.baseline_results,
+            inputs.pretrain_no_logq.no_logq_results,
+            second_stage.pretrain_results,
+            second_stage.finetune_results,
         )
+        self.train_history = train_history(self.model_results)
+        self.recommendations = join_recommendations(self.model_results, RunTables(self))
         self.next(self.report)
 
     @card(type="blank", id="report")
     @step
     def report(self):
         """Recall@k and NDCG@k of every model on the same test users, with intervals."""
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.report import report
+
         # The artifact shares its name with this step (DESIGN.md §4): later steps read it through
         # the Client API, where ``task["report"]`` is the artifact, not the method.
-        self.report, self.report_files = pipeline.report(
+        self.report, self.report_files = report(
             self.config,
             self.tables,
             self.recommendations,
@@ -264,7 +290,7 @@ class TwoStageFlow(FlowSpec):
             self.data_summary,
             self.distillation,
             self.ranker_quality,
-            pipeline.RunTables(self),
+            RunTables(self),
             current.card["report"],
         )
         self.next(self.end)
@@ -272,14 +298,14 @@ class TwoStageFlow(FlowSpec):
     @step
     def end(self):
         """Export the retriever for serving, then gate it against the branch's champion."""
-        self.serving = pipeline.export_serving(
-            self.finetune_checkpoint, self.tables, pipeline.RunTables(self)
-        )
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.publish import export_serving, gate_champion
+        from recmodel.steps.report import log_summary
+
+        self.serving = export_serving(self.finetune_checkpoint, self.tables, RunTables(self))
         # ``self.report`` is the step method here; the artifact is read through the Client API.
-        self.champion_decision = pipeline.gate_champion(
-            self.config, current.flow_name, current.run_id
-        )
-        pipeline.log_summary(self.report_files)
+        self.champion_decision = gate_champion(self.config, current.flow_name, current.run_id)
+        log_summary(self.report_files)
 
 
 if __name__ == "__main__":

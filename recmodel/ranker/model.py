@@ -1,0 +1,304 @@
+"""The built-in ranker: cross-fitted gradient boosting over retrieval candidates.
+
+Requests are (user, time) points of the finetune window: each user with events in it and history
+before it, at its first event there. Candidates come from the pretrained retriever (trained on
+the pretrain window only) plus the most popular tracks; features are described in
+:mod:`recmodel.ranker.features`; the label is "the user played the candidate (listen+) in the
+finetune window".
+
+Cross-fitting. Users are split into ``n_folds`` folds by a deterministic hash of ``user_idx``;
+model ``k`` is fit on the rows of every fold but ``k`` and scores only fold ``k``. So the score
+that finetuning distills for a request comes from a model that never saw that user's labels,
+and nothing is read from the validation or test windows (:func:`check_windows` enforces it at
+run time). Scores of different folds come from different models; they are compared only within
+a request, which never spans two folds. The users held out for the distillation metrics
+(:func:`recmodel.ranker.splits.holdout_mask`) are scored but never trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
+
+from recmodel.core.columns import Columns, Window
+from recmodel.core.config import RankerConfig
+from recmodel.core.dataset import Dataset
+from recmodel.core.sql import SqlRunner, connect
+from recmodel.ranker.candidates import (
+    Candidates,
+    candidate_labels,
+    candidates_from_topk,
+    finetune_requests,
+    popular_items,
+    relabel_candidates,
+)
+from recmodel.ranker.features import FEATURES, candidate_features
+from recmodel.ranker.quality import IMPORTANCE_ROWS, feature_importance, ranker_quality
+from recmodel.ranker.score_tables import (
+    check_ranker_scores_file,
+    load_ranker_scores,
+    with_original_ids,
+)
+from recmodel.ranker.splits import (
+    WindowLeakError,
+    check_windows,
+    hash_unit,
+    holdout_mask,
+    user_folds,
+)
+
+__all__ = [
+    "CrossFitted",
+    "Ranker",
+    "RankerResult",
+    "WindowLeakError",
+    "build_ranker_scores",
+    "check_ranker_scores_file",
+    "check_windows",
+    "cross_fit",
+    "hash_unit",
+    "load_ranker_scores",
+    "make_classifier",
+    "scores_table",
+    "user_folds",
+    "with_original_ids",
+]
+
+logger = logging.getLogger(__name__)
+
+FOLD = "fold"
+LABEL = "label"
+# Below this many rows a tree fit is dominated by OpenMP synchronization, which on a busy
+# machine costs 10x the work itself: fit and predict single-threaded.
+SINGLE_THREAD_ROWS = 100_000
+
+
+def _gbm_threads(n_rows: int) -> AbstractContextManager:
+    """OpenMP thread limit for tree fitting and prediction on ``n_rows`` rows."""
+    return threadpool_limits(limits=1 if n_rows < SINGLE_THREAD_ROWS else None, user_api="openmp")
+
+
+@dataclass
+class CrossFitted:
+    """Fold models: ``models[k]`` was fit on every fold except ``k`` and scores only fold ``k``."""
+
+    models: list[Any]
+    n_folds: int
+    seed: int
+
+    def folds(self, users: np.ndarray) -> np.ndarray:
+        return user_folds(users, self.n_folds, self.seed)
+
+    def score(self, features: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """float64 ``[N]``: log-odds of each row from the model that never saw its user."""
+        folds = self.folds(users)
+        out = np.empty(len(users), dtype=np.float64)
+        with _gbm_threads(len(users)):
+            for k, model in enumerate(self.models):
+                rows = folds == k
+                if rows.any():
+                    out[rows] = model.decision_function(features[rows])
+        return out
+
+
+def cross_fit(
+    features: np.ndarray,
+    labels: np.ndarray,
+    users: np.ndarray,
+    n_folds: int,
+    seed: int,
+    make_model: Callable[[], Any],
+    trainable: np.ndarray | None = None,
+) -> tuple[CrossFitted, np.ndarray]:
+    """Fit one model per fold on the other folds' users; score every row out of fold.
+
+    Args:
+        features: float ``[N, F]``.
+        labels: bool ``[N]``.
+        users: int ``[N]`` user of each row (the unit of the folds).
+        n_folds, seed: the fold hash.
+        make_model: a new unfitted classifier with ``fit`` and ``decision_function``.
+        trainable: bool ``[N]``, rows a model may be fit on (None: all); the others are only
+            scored.
+
+    Returns:
+        The fold models and float64 ``[N]`` out-of-fold scores.
+    """
+    folds = user_folds(users, n_folds, seed)
+    trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
+    models = []
+    for k in range(n_folds):
+        train = (folds != k) & trainable
+        if np.unique(labels[train]).size < 2:
+            raise ValueError(
+                f"ranker fold {k}: the training rows of the other folds hold only one label "
+                f"class ({int(labels[train].sum())} positives in {int(train.sum())} rows); "
+                "the finetune window has too few requests or listens"
+            )
+        model = make_model()
+        with _gbm_threads(int(train.sum())):
+            model.fit(features[train], labels[train])
+        models.append(model)
+    fitted = CrossFitted(models, n_folds, seed)
+    return fitted, fitted.score(features, users)
+
+
+def make_classifier(cfg: RankerConfig) -> HistGradientBoostingClassifier:
+    """The gradient-boosted trees of the ranker (exactly ``max_iter`` trees: no early stop)."""
+    return HistGradientBoostingClassifier(
+        max_iter=cfg.max_iter,
+        learning_rate=cfg.learning_rate,
+        max_leaf_nodes=cfg.max_leaf_nodes,
+        early_stopping=False,
+        random_state=cfg.seed,
+    )
+
+
+@dataclass
+class Ranker:
+    """A fitted cross-fitted ranker that can re-rank any retriever's candidates.
+
+    Attributes:
+        model: the fold models.
+        base: the candidates it was trained on (their retriever score and rank are the
+            pretrained retriever's; see :func:`recmodel.ranker.candidates.relabel_candidates`).
+        n_retrieved: the retriever's K in training.
+    """
+
+    model: CrossFitted
+    base: Candidates
+    n_retrieved: int
+
+    def score_topk(self, dataset: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """float64 ``[R, K]`` scores of ``items [R, K]`` for users' requests (NaN at ids <= 0).
+
+        Every user must have a request among the base candidates (its request time is reused).
+        """
+        at = np.minimum(np.searchsorted(self.base.users, users), self.base.n_requests - 1)
+        if self.base.n_requests == 0 or np.any(self.base.users[at] != users):
+            raise KeyError("score_topk: some users have no request in the ranker's candidates")
+        cands = relabel_candidates(
+            self.base, users, self.base.request_ts[at], items, dataset.n_items, self.n_retrieved
+        )
+        history = dataset.history(Window.FINETUNE)
+        feats = candidate_features(cands, history, dataset.items, dataset.item_counts)
+        out = np.full(items.shape, np.nan)
+        out[items > 0] = self.model.score(feats, cands.row_users)  # rows: valid ids, row-major
+        return out
+
+
+@dataclass
+class RankerResult:
+    """What :func:`build_ranker_scores` produced.
+
+    Attributes:
+        scores: ``user_idx, item_idx, request_ts, score, fold, label`` per candidate.
+        quality: held-out AUC, NDCG@10 of ranker vs retriever order, importances, sizes.
+        candidates: every candidate row with its features, label, fold and score.
+        ranker: the fitted ranker (for end-to-end evaluation).
+        queries: per executed SQL file ``{"file", "sql", "params", "rows", "seconds"}`` (the
+            shape of extraction's records, for the ``sql_queries`` artifact).
+    """
+
+    scores: pa.Table
+    quality: dict[str, Any]
+    candidates: pa.Table
+    ranker: Ranker
+    queries: list[dict[str, Any]]
+
+
+def build_ranker_scores(
+    dataset: Dataset,
+    retriever: Any,
+    cfg: RankerConfig,
+    *,
+    device: Any = None,
+    runner: SqlRunner | None = None,
+) -> RankerResult:
+    """Candidates, features, cross-fitted ranker and its out-of-fold scores.
+
+    Args:
+        dataset: the events.
+        retriever: the pretrained retriever (``recommend(histories, users, k)``); it is moved to
+            ``device`` when it has ``.to``.
+        cfg: ranker settings.
+        device: where the retriever scores the catalog.
+        runner: runs and records the feature SQL (a new connection when None).
+    """
+    cands = retrieve_candidates(dataset, retriever, cfg, device)
+    runner = SqlRunner(connect()) if runner is None else runner
+    history = dataset.history(Window.FINETUNE)
+    feats = candidate_features(cands, history, dataset.items, dataset.item_counts, runner)
+    labels = candidate_labels(cands, dataset.events_in(Window.FINETUNE), dataset.n_items)
+    # Held-out users' labels reach no model: the distillation metrics stay clean of them.
+    trainable = ~holdout_mask(cands.row_users)
+    model, oof = cross_fit(
+        feats,
+        labels,
+        cands.row_users,
+        cfg.n_folds,
+        cfg.seed,
+        lambda: make_classifier(cfg),
+        trainable,
+    )
+    folds = model.folds(cands.row_users)
+    quality = ranker_quality(cands, labels, oof, folds, dataset.item_counts)
+    with _gbm_threads(min(len(labels), IMPORTANCE_ROWS)):  # it predicts on a sample
+        quality["importance"] = feature_importance(model, feats, labels, folds, cfg.seed)
+    logger.info(
+        "ranker: %d requests, %d candidates, held-out AUC %.4f, NDCG@10 %.4f (retriever %.4f)",
+        cands.n_requests,
+        cands.n_rows,
+        quality["auc"],
+        quality["ndcg@10"]["ranker"],
+        quality["ndcg@10"]["retriever"],
+    )
+    table = scores_table(cands, oof, folds, labels)
+    ranker = Ranker(model, cands, cfg.n_candidates)
+    return RankerResult(table, quality, _with_features(table, feats), ranker, runner.records)
+
+
+def _with_features(table: pa.Table, feats: np.ndarray) -> pa.Table:
+    """``table`` plus one column per feature (``float32``; ``retriever_rank`` as ``int32``)."""
+    for j, name in enumerate(FEATURES):
+        column = feats[:, j].astype(np.int32) if name == "retriever_rank" else feats[:, j]
+        table = table.append_column(name, pa.array(column))
+    return table
+
+
+def retrieve_candidates(
+    dataset: Dataset, retriever: Any, cfg: RankerConfig, device: Any = None
+) -> Candidates:
+    """The finetune-window requests' candidates, after checking their windows."""
+    users, request_ts = finetune_requests(dataset)
+    check_windows(dataset, users, request_ts)
+    if device is not None and hasattr(retriever, "to"):
+        retriever.to(device)
+    history = dataset.history(Window.FINETUNE)
+    ids, scores = retriever.recommend(history, users, cfg.n_candidates)  # [R, K] each
+    popular = popular_items(dataset.item_counts, cfg.n_popular_candidates)
+    return candidates_from_topk(users, request_ts, np.asarray(ids), np.asarray(scores), popular)
+
+
+def scores_table(
+    cands: Candidates, scores: np.ndarray, folds: np.ndarray, labels: np.ndarray
+) -> pa.Table:
+    """The materialized ``ranker_scores`` table in dense ids (the caller maps to original ids)."""
+    return pa.table(
+        {
+            Columns.USER_IDX: pa.array(cands.row_users, pa.int64()),
+            Columns.ITEM_IDX: pa.array(cands.items, pa.int32()),
+            Columns.REQUEST_TS: pa.array(cands.request_ts[cands.row_request], pa.int64()),
+            Columns.SCORE: pa.array(scores, pa.float64()),
+            FOLD: pa.array(folds, pa.int8()),
+            LABEL: pa.array(labels, pa.bool_()),
+        }
+    )

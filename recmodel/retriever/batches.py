@@ -1,0 +1,203 @@
+"""Training windows cut from listening histories, and the shuffled, rank-sharded batches of them.
+
+Padding. Every sequence is LEFT-padded with item 0: the most recent item sits in the last column,
+so the encoder's positions count back from the present and a user's vector is always the hidden
+state of the last column.
+
+Windowing. A history ``x_0 .. x_{n-1}`` holds ``n - 1`` next-item transitions
+``x_{t-1} -> x_t``. It is cut from the end backwards into windows of at most ``L + 1`` items
+(``L = max_len``) with stride ``L``::
+
+    window k = x[max(0, n - 1 - (k + 1) L) : n - k L]        k = 0 (most recent), 1, 2, ...
+
+Consecutive windows share exactly one boundary item (the first item of window ``k`` is the last
+of window ``k + 1``), so their *targets* do not overlap: every transition of the history is a
+training target exactly once, and none is lost at a window boundary. Only the oldest window can
+be shorter than ``L + 1``. A history with fewer than two items gives no window.
+
+A window's inputs are ``window[:-1]`` and its targets ``window[1:]``; a position carries a target
+(weight 1) where its input is not padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from recmodel.core.dataset import UserItems
+
+PAD = 0  # item index of padding (data.py: items are 1..N)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """All training windows of a set of histories, as slices of the flat item array.
+
+    Attributes:
+        items: int32 ``[nnz]`` the histories' flat item array (not copied).
+        starts: int64 ``[W]`` offset of each window's first item in ``items``.
+        lengths: int64 ``[W]`` items per window, in ``2 .. max_len + 1``.
+        users: int64 ``[W]`` the user each window comes from.
+        max_len: ``L``; windows hold at most ``L + 1`` items.
+    """
+
+    items: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    users: np.ndarray
+    max_len: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @property
+    def n_targets(self) -> int:
+        """Training positions (next-item transitions) over all windows."""
+        return int(self.lengths.sum() - len(self.lengths))
+
+
+def make_windows(histories: UserItems, max_len: int) -> Windows:
+    """Cut every history into windows of at most ``max_len + 1`` items (module docstring).
+
+    Windows are ordered by user, most recent first within a user; shuffling is the batcher's job.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    lengths = histories.lengths  # [U]
+    per_user = np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)  # ceil((n - 1) / L)
+    users = np.repeat(np.arange(histories.n_users, dtype=np.int64), per_user)  # [W]
+    first = np.cumsum(per_user) - per_user  # [U] index of each user's first window
+    k = np.arange(len(users), dtype=np.int64) - first[users]  # [W] 0 = most recent
+    row_start = histories.indptr[users]  # [W]
+    ends = histories.indptr[users + 1] - k * max_len  # [W] exclusive
+    starts = np.maximum(row_start, ends - max_len - 1)
+    return Windows(histories.items, starts, ends - starts, users, max_len)
+
+
+def left_padded(
+    items: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int
+) -> np.ndarray:
+    """Gather slices of ``items`` into a left-padded matrix.
+
+    Args:
+        items: ``[nnz]`` flat item array.
+        starts, lengths: int64 ``[R]`` slice ``r`` is ``items[starts[r] : starts[r] + lengths[r]]``;
+            a slice longer than ``width`` keeps its last ``width`` items.
+        width: columns of the output.
+
+    Returns:
+        int64 ``[R, width]``; row ``r`` ends with its slice and starts with ``PAD``.
+    """
+    kept = np.minimum(lengths, width)
+    starts = starts + (lengths - kept)  # a long slice keeps its most recent `width` items
+    lengths = kept
+    cols = np.arange(width, dtype=np.int64)  # [width]
+    offset = width - lengths  # [R] first real column
+    real = cols[None, :] >= offset[:, None]  # [R, width]
+    pos = starts[:, None] + cols[None, :] - offset[:, None]  # [R, width] index into items
+    out = np.full((len(starts), width), PAD, dtype=np.int64)
+    out[real] = items[pos[real]]
+    return out
+
+
+def last_items(histories: UserItems, users: np.ndarray, length: int) -> np.ndarray:
+    """int64 ``[U, length]``: each user's most recent ``length`` items, left-padded."""
+    users = np.asarray(users, dtype=np.int64)
+    ends = histories.indptr[users + 1]
+    lengths = np.minimum(ends - histories.indptr[users], length)
+    return left_padded(histories.items, ends - lengths, lengths, length)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One rank's share of a training step, cropped to its longest window.
+
+    Attributes:
+        inputs: int64 ``[B, T]`` left-padded input items.
+        targets: int64 ``[B, T]`` next items (``PAD`` where ``inputs`` is ``PAD``).
+        positions: int64 ``[P]`` flat indices into ``[B * T]`` of the positions with a target.
+        windows: int64 ``[B]`` window ids (for error messages).
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    positions: np.ndarray
+    windows: np.ndarray
+
+
+@dataclass(frozen=True)
+class Step:
+    """What every rank knows about one global step.
+
+    Attributes:
+        index: batch index within the epoch.
+        local: this rank's :class:`Batch`.
+        global_targets: int64 ``[G]`` targets of every position of the GLOBAL batch, in order
+            (the in-batch negatives; identical on every rank).
+        n_global: ``G``, the loss normalizer of the global batch.
+    """
+
+    index: int
+    local: Batch
+    global_targets: np.ndarray
+    n_global: int
+
+
+def make_batch(windows: Windows, ids: np.ndarray) -> Batch:
+    """Inputs, targets and target positions of the windows ``ids``."""
+    width = int(windows.lengths[ids].max())
+    seq = left_padded(windows.items, windows.starts[ids], windows.lengths[ids], width)  # [B, T+1]
+    inputs, targets = seq[:, :-1], seq[:, 1:]  # [B, T] each
+    targets = np.where(inputs != PAD, targets, PAD)
+    positions = np.flatnonzero(inputs.reshape(-1) != PAD)  # [P]
+    return Batch(np.ascontiguousarray(inputs), np.ascontiguousarray(targets), positions, ids)
+
+
+class WindowBatcher:
+    """Shuffles windows each epoch (seeded) and splits every global batch across ranks.
+
+    Every rank draws the same permutation from ``(seed, epoch)``, so all ranks agree on the
+    global batches without communicating; rank ``r`` takes the ``r``-th of ``world_size``
+    near-equal contiguous parts. A last global batch with fewer windows than ranks is dropped
+    (at most ``world_size - 1`` windows per epoch, different ones each epoch).
+    """
+
+    def __init__(
+        self, windows: Windows, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of size {world_size}")
+        if batch_size < world_size:
+            raise ValueError(f"global batch_size {batch_size} < world_size {world_size}")
+        if len(windows) < world_size:
+            raise ValueError(
+                f"{len(windows)} training windows for {world_size} ranks: "
+                "need at least one window per rank (is the train window empty?)"
+            )
+        self.windows, self.batch_size, self.seed = windows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        """Global steps per epoch."""
+        full, rest = divmod(len(self.windows), self.batch_size)
+        return full + int(rest >= self.world_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """int64 ``[W]``: the window order of ``epoch``."""
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.windows))
+
+    def epoch(self, epoch: int) -> Iterator[Step]:
+        """Yield the steps of ``epoch`` for this rank."""
+        order = self.order(epoch)
+        for index in range(len(self)):
+            ids = order[index * self.batch_size : (index + 1) * self.batch_size]  # [B_global]
+            yield self._step(index, ids)
+
+    def _step(self, index: int, ids: np.ndarray) -> Step:
+        full = make_batch(self.windows, ids)
+        global_targets = full.targets.reshape(-1)[full.positions]  # [G]
+        bounds = np.arange(self.world_size + 1) * len(ids) // self.world_size  # parts >= 1
+        local = make_batch(self.windows, ids[bounds[self.rank] : bounds[self.rank + 1]])
+        return Step(index, local, global_targets, len(global_targets))

@@ -1,0 +1,174 @@
+"""The next-item objective: sampled softmax over ``[positive | negatives]`` with logQ correction.
+
+Negatives (``TrainConfig.negatives``):
+
+- ``"shared"``: ``n_negatives`` ids drawn per step from the :class:`NegativeSampler` proposal and
+  shared by every position; ``log Q`` is the proposal's.
+- ``"in_batch"``: the targets of every position of the GLOBAL batch, duplicates kept (they are
+  draws from the target frequency); ``log Q`` is :func:`frequency_log_q`. Each position's own
+  target is among them and is masked as an accidental hit by the loss.
+- ``"both"``: the two sets side by side. The candidates then come from the mixture of the two
+  proposals weighted by their number of draws, and every candidate (positive included) is
+  corrected by the log of that mixture probability (mixed negative sampling).
+
+Every rank computes the same global in-batch and shared negatives (the batcher and the sampler's
+generator are seeded identically), and its loss is the sum over its own positions divided by the
+global number of positions. Summed over ranks, the gradients are those of the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from recmodel.retriever.batches import Step
+from recmodel.retriever.losses import sampled_softmax_loss
+from recmodel.retriever.negatives import NegativeSampler, frequency_log_q
+
+NEGATIVE_MODES = ("shared", "in_batch", "both")
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    """One rank's training step on the device.
+
+    Attributes:
+        inputs: int64 ``[B, T]`` left-padded input items.
+        positions: int64 ``[P]`` flat indices into ``[B * T]`` of the positions with a target.
+        targets: int64 ``[P]`` the target item of each such position.
+        global_targets: int64 ``[G]`` targets of the whole global batch (in-batch negatives).
+        n_global: ``G``, the loss normalizer.
+    """
+
+    inputs: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+    global_targets: torch.Tensor
+    n_global: int
+
+    @classmethod
+    def from_step(cls, step: Step, device: torch.device) -> DeviceBatch:
+        local = step.local
+        targets = local.targets.reshape(-1)[local.positions]  # [P]
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(a).to(device, non_blocking=True)
+
+        return cls(
+            put(local.inputs),
+            put(local.positions),
+            put(targets),
+            put(step.global_targets),
+            step.n_global,
+        )
+
+
+class CandidateSampler:
+    """Negatives of a step and the log Q of every candidate (see the module docstring)."""
+
+    def __init__(
+        self,
+        mode: str,
+        n_negatives: int,
+        sampler: NegativeSampler,
+        counts: np.ndarray,
+        smoothing: float,
+    ):
+        if mode not in NEGATIVE_MODES:
+            raise ValueError(f"negatives must be one of {NEGATIVE_MODES}, got {mode!r}")
+        self.mode, self.n_negatives, self.sampler = mode, n_negatives, sampler
+        self.freq_log_q = frequency_log_q(counts, smoothing)  # [N + 1]
+
+    def to(self, device: torch.device) -> CandidateSampler:
+        self.sampler.to(device)
+        self.freq_log_q = self.freq_log_q.to(device)
+        return self
+
+    def draw(
+        self, global_targets: torch.Tensor, pos_ids: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Negatives for one step.
+
+        Args:
+            global_targets: int64 ``[G]`` targets of the global batch.
+            pos_ids: int64 ``[P]`` this rank's positives.
+            generator: on the sampler's device; seeded identically on every rank.
+
+        Returns:
+            ``(neg_ids [M], neg_log_q [M], pos_log_q [P])``.
+        """
+        if self.mode == "in_batch":
+            return global_targets, self.freq_log_q[global_targets], self.freq_log_q[pos_ids]
+        shared, shared_log_q = self.sampler.sample(self.n_negatives, generator)  # [S], [S]
+        if self.mode == "shared":
+            return shared, shared_log_q, self.sampler.log_q[pos_ids]
+        neg_ids = torch.cat([global_targets, shared])  # [G + S]
+        n_in_batch = len(global_targets)
+        return (
+            neg_ids,
+            self._mixture_log_q(neg_ids, n_in_batch),
+            self._mixture_log_q(pos_ids, n_in_batch),
+        )
+
+    def _mixture_log_q(self, ids: torch.Tensor, n_in_batch: int) -> torch.Tensor:
+        """log of ``(G q_freq(j) + S q_proposal(j)) / (G + S)`` for ids ``[*]``."""
+        total = n_in_batch + self.n_negatives
+        return torch.logaddexp(
+            self.freq_log_q[ids] + math.log(n_in_batch / total),
+            self.sampler.log_q[ids] + math.log(self.n_negatives / total),
+        )
+
+
+def repeat_bonus(
+    model: torch.nn.Module, batch: DeviceBatch, hidden: torch.Tensor, neg_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Repeat bonus of the positives ``[P]`` and of the shared negatives ``[P, M]``."""
+    b, t = batch.inputs.shape
+    targets = torch.zeros(b * t, dtype=torch.long, device=hidden.device)
+    targets[batch.positions] = batch.targets
+    table = model.repeat.window_bias(batch.inputs, hidden)  # [B, T, T], shared by both
+    pos = model.repeat.diagonal_bias(batch.inputs, hidden, targets.view(b, t), table)  # [B, T]
+    shared = neg_ids[None, :].expand(b, -1)  # [M] -> [B, M]
+    neg = model.repeat.bias_at(batch.inputs, hidden, shared, batch.positions, table)  # [P, M]
+    return pos.reshape(-1)[batch.positions], neg
+
+
+def next_item_loss(
+    model: torch.nn.Module,
+    batch: DeviceBatch,
+    candidates: CandidateSampler,
+    generator: torch.Generator,
+    logq: str,
+) -> torch.Tensor:
+    """This rank's share of the global-batch sampled-softmax loss (a scalar).
+
+    ``sum over local positions of L_i / n_global``; summed over ranks, the global-batch mean.
+    Runs under bf16 autocast on CUDA; the loss itself is computed in float32.
+    """
+    device = batch.inputs.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        neg_ids, neg_log_q, pos_log_q = candidates.draw(
+            batch.global_targets, batch.targets, generator
+        )
+        n_pos = len(batch.targets)
+        # vectors: [P + M, D] of the positives, then the negatives
+        hidden, vectors = model.encode(batch.inputs, torch.cat([batch.targets, neg_ids]))
+        h = hidden.reshape(-1, hidden.shape[-1])[batch.positions]  # [B*T, D] -> [P, D]
+        pos_logits = model.head.pairwise(h, vectors[:n_pos])  # [P]
+        neg_logits = model.head(h, vectors[n_pos:])  # [P, M]
+        if model.repeat is not None:
+            pos_bias, neg_bias = repeat_bonus(model, batch, hidden, neg_ids)
+            pos_logits, neg_logits = pos_logits + pos_bias, neg_logits + neg_bias
+    loss = sampled_softmax_loss(
+        pos_logits.float(),
+        neg_logits.float(),
+        batch.targets,
+        neg_ids,
+        pos_log_q,
+        neg_log_q,
+        logq=logq,
+    )
+    return loss * (n_pos / batch.n_global)

@@ -1,0 +1,283 @@
+"""Serving exports of a trained retriever, and batch top-k for every active listener.
+
+:func:`export_retriever` writes what an online service needs, loadable with ``torch`` and
+``numpy`` alone (no code of this package):
+
+- ``item_vectors.npy``: float32 ``[N + 1, D]``, the head's item side of every ``item_idx``
+  (row 0 is padding and is never a candidate);
+- ``item_ids.parquet``: ``item_idx``, ``item_id`` of the ``N`` tracks (original ids);
+- ``query_encoder.pt``: TorchScript (``torch.jit.load``) with two methods,
+  ``forward(window int64 [B, T]) -> float32 [B, D]`` query vectors and
+  ``score(window [B, T], candidates int64 [B, C]) -> float32 [B, C]`` logits: ``<q, v>`` plus
+  the repeat bonus of the candidates that are in the window;
+- ``manifest.json``: file names, shapes, ``max_len``, the padding id and the recipe below.
+
+A request is served exactly as :meth:`Retriever.recommend` ranks: take the listener's last
+``T <= max_len`` tracks as ``item_idx``, left-padded with 0; ``q = forward(window)``; retrieve
+the top ``k + T`` items by ``q @ item_vectors.T`` (an ANN index in production) and add the
+window's own items; ``score(window, candidates)``; drop duplicates and padding; keep the top
+``k``. A track outside the window scores exactly its dot product and at most ``T`` window tracks
+can rank above it, so this candidate set always holds the exact top ``k``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from recmodel.core.columns import Columns
+from recmodel.core.dataset import UserItems
+from recmodel.retriever.batches import PAD
+from recmodel.retriever.model import Retriever
+
+log = logging.getLogger(__name__)
+
+ITEM_VECTORS = "item_vectors.npy"
+ITEM_IDS = "item_ids.parquet"
+QUERY_ENCODER = "query_encoder.pt"
+MANIFEST = "manifest.json"
+EXAMPLE_CANDIDATES = 4  # candidates per row of the tracing example (any C works afterwards)
+BLOCK_USERS = 65_536  # users per block of batch top-k: bounds the [U, D] and [U, k] buffers
+TOPK_SCHEMA = pa.schema(
+    [
+        (Columns.USER_IDX, pa.int32()),
+        (Columns.ITEM_IDX, pa.int32()),
+        (Columns.RANK, pa.int32()),
+        (Columns.SCORE, pa.float32()),
+    ]
+)
+SERVING_RECIPE = (
+    "window = last <= max_len item_idx, left-padded with 0; q = forward(window); "
+    "candidates = top (k + T) of q @ item_vectors.T, plus the window's items; "
+    "logits = score(window, candidates); drop padding and duplicates; keep the top k"
+)
+
+
+class QueryEncoder(nn.Module):
+    """The serving surface of a :class:`Retriever`: query vectors and candidate logits."""
+
+    def __init__(self, model: Retriever):
+        super().__init__()
+        self.model = model
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        """int64 ``[B, T]`` left-padded window -> ``[B, D]`` query vectors (head's user side)."""
+        return self.model.head.user_side(self.model(window)[:, -1])  # [B, T, D] -> [B, D]
+
+    def score(self, window: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``window [B, T]``, ``candidates [B, C]`` -> logits ``[B, C]`` with the repeat bonus."""
+        return self.model.candidate_logits(window, candidates)[1]
+
+
+def trace_query_encoder(model: Retriever) -> torch.jit.ScriptModule:
+    """A CPU TorchScript trace of :class:`QueryEncoder` (dropout off).
+
+    Batch size, window length (up to ``max_len``) and candidate count stay dynamic: the model
+    has no data-dependent Python branches, only shape asserts, which is what the tracer's
+    warnings are about (the export test checks other shapes against the eager model).
+    """
+    cpu = model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
+    was_training = cpu.training
+    cpu.eval()
+    window, candidates = _example_inputs(cpu)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return torch.jit.trace_module(
+                QueryEncoder(cpu),
+                {"forward": (window,), "score": (window, candidates)},
+                check_trace=False,
+            )
+    finally:
+        cpu.train(was_training)
+
+
+def _example_inputs(model: Retriever) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded window with a repeated track, and candidates in and out of it."""
+    t, n = model.cfg.max_len, model.tower.n_items
+    ids = torch.arange(t, dtype=torch.int64) % n + 1  # [T], valid ids 1..N
+    window = torch.stack(
+        [ids, torch.cat([torch.zeros(t // 2, dtype=torch.int64), ids[: t - t // 2]])]
+    )
+    window[0, -1] = window[0, 0]  # a repeat, so the bonus path sees a count above 1
+    candidates = torch.arange(EXAMPLE_CANDIDATES, dtype=torch.int64) % n + 1  # [C]
+    return window, candidates.expand(2, -1).contiguous()  # [2, T], [2, C]
+
+
+def item_vectors(model: Retriever, chunk: int = 65_536) -> np.ndarray:
+    """float32 ``[N + 1, D]``: the head's item side of every item (row 0 = padding)."""
+    with torch.no_grad():
+        vectors = model.head.item_side(model.tower.all_item_vectors(chunk=chunk))
+    return vectors.float().cpu().numpy()
+
+
+def export_retriever(model: Retriever, items: pa.Table, out_dir: str | Path) -> dict[str, Any]:
+    """Write the serving files of the module docstring into ``out_dir`` (a local directory).
+
+    Args:
+        model: a trained retriever (any device; traced on a CPU copy).
+        items: ``item_idx``, ``item_id`` of the model's catalog, ``item_idx`` exactly ``1..N``.
+        out_dir: created if missing; existing files of the same names are replaced.
+
+    Returns:
+        The manifest (``files`` relative to ``out_dir``, so the directory can be copied
+        anywhere; ``n_items``, ``dim``, ``max_len``, ``pad_id``, the recipe) with ``paths``:
+        file name -> local path of every written file, the manifest included.
+
+    Raises:
+        ValueError: ``items`` does not describe exactly the model's ``N`` tracks.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = _catalog_ids(items, model.tower.n_items)
+    vectors = item_vectors(model)
+    np.save(out / ITEM_VECTORS, vectors)
+    pq.write_table(ids, out / ITEM_IDS)
+    torch.jit.save(trace_query_encoder(model), str(out / QUERY_ENCODER))
+    manifest = {
+        "files": {"item_vectors": ITEM_VECTORS, "item_ids": ITEM_IDS, "encoder": QUERY_ENCODER},
+        "n_items": model.tower.n_items,
+        "dim": int(vectors.shape[1]),
+        "max_len": model.cfg.max_len,
+        "pad_id": PAD,
+        "repeat_aware": model.repeat is not None,
+        "torch_version": torch.__version__,
+        "recipe": SERVING_RECIPE,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    log.info(
+        "exported %d item vectors of width %d and the query encoder to %s",
+        manifest["n_items"],
+        manifest["dim"],
+        out,
+    )
+    names = (ITEM_VECTORS, ITEM_IDS, QUERY_ENCODER, MANIFEST)
+    return {**manifest, "paths": {name: str(out / name) for name in names}}
+
+
+def export_checkpoint(
+    checkpoint: dict[str, Any], items: pa.Table, out_dir: str | Path
+) -> dict[str, Any]:
+    """Rebuild a run's checkpoint artifact on its item table and export it.
+
+    Args:
+        checkpoint: ``{"safetensors": bytes, "model_config": dict}``, e.g. ``finetune_checkpoint``.
+        items: the run's full ``items`` table (codes, acoustic vectors and original ids).
+        out_dir: see :func:`export_retriever`.
+    """
+    from recmodel.core.dataset_io import item_features
+    from recmodel.retriever.checkpoint import load_retriever
+
+    model = load_retriever(
+        checkpoint["safetensors"], checkpoint["model_config"], item_features(items)
+    )
+    return export_retriever(model, items, out_dir)
+
+
+def _catalog_ids(items: pa.Table, n_items: int) -> pa.Table:
+    """``item_idx`` (int32), ``item_id`` sorted by index, checked to be exactly ``1..N``."""
+    table = items.select([Columns.ITEM_IDX, Columns.ITEM]).sort_by(Columns.ITEM_IDX)
+    idx = table.column(Columns.ITEM_IDX).to_numpy()
+    if not np.array_equal(idx, np.arange(1, n_items + 1)):
+        raise ValueError(
+            f"items must list item_idx exactly 1..{n_items} (the model's catalog); "
+            f"got {table.num_rows} rows"
+        )
+    return table.set_column(0, Columns.ITEM_IDX, pc.cast(table.column(0), pa.int32()))
+
+
+def active_users(histories: UserItems) -> np.ndarray:
+    """int64 users with at least one event in ``histories``."""
+    return np.flatnonzero(histories.lengths > 0).astype(np.int64)
+
+
+def iter_batch_topk(
+    model: Retriever,
+    histories: UserItems,
+    users: np.ndarray | None = None,
+    k: int = 100,
+    *,
+    filter_seen: bool = False,
+    block_users: int = BLOCK_USERS,
+    chunk_items: int = 65_536,
+) -> Iterator[pa.Table]:
+    """Top-``k`` tables (:data:`TOPK_SCHEMA`) for ``users``, ``block_users`` at a time.
+
+    Args:
+        model: the retriever; it ranks with :meth:`Retriever.recommend` (repeat bonus included).
+        histories: per-user history (the query of each user is its last ``max_len`` items).
+        users: int64 user indices; default every user with a history.
+        k: items per user; slots no item can fill (``k`` above the eligible catalog) are dropped.
+        filter_seen: never return a track from the user's history.
+        block_users: users ranked per block (memory is ``O(block_users * (D + k))``).
+        chunk_items: catalog chunk of the top-k scan.
+    """
+    users = active_users(histories) if users is None else np.asarray(users, dtype=np.int64)
+    for start in range(0, len(users), block_users):
+        block = users[start : start + block_users]
+        exclude = histories.take(block) if filter_seen else None
+        ids, scores = model.recommend(
+            histories, block, k, exclude=exclude, chunk_items=chunk_items
+        )  # [b, k] each
+        yield topk_table(block, ids, scores)
+
+
+def topk_table(users: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pa.Table:
+    """Long table of ``ids [U, k]`` ranked best first; empty slots (id < 1) are dropped."""
+    k = ids.shape[1]
+    keep = ids.reshape(-1) > PAD  # [U*k]
+    return pa.table(
+        {
+            Columns.USER_IDX: np.repeat(users, k)[keep].astype(np.int32),
+            Columns.ITEM_IDX: ids.reshape(-1)[keep].astype(np.int32),
+            Columns.RANK: np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[keep],
+            Columns.SCORE: scores.reshape(-1)[keep].astype(np.float32),
+        },
+        schema=TOPK_SCHEMA,
+    )
+
+
+def batch_topk(
+    model: Retriever,
+    histories: UserItems,
+    users: np.ndarray | None = None,
+    k: int = 100,
+    **options: Any,
+) -> pa.Table:
+    """Top-``k`` candidates of every active user as one table (:data:`TOPK_SCHEMA`).
+
+    Takes the options of :func:`iter_batch_topk`; use :func:`write_batch_topk` when the table
+    does not fit in memory.
+    """
+    blocks = list(iter_batch_topk(model, histories, users, k, **options))
+    return pa.concat_tables(blocks) if blocks else TOPK_SCHEMA.empty_table()
+
+
+def write_batch_topk(
+    model: Retriever,
+    histories: UserItems,
+    path: str | Path,
+    users: np.ndarray | None = None,
+    k: int = 100,
+    **options: Any,
+) -> int:
+    """Stream :func:`iter_batch_topk` into one Parquet file; returns the number of rows."""
+    rows = 0
+    with pq.ParquetWriter(str(path), TOPK_SCHEMA) as writer:
+        for table in iter_batch_topk(model, histories, users, k, **options):
+            writer.write_table(table)
+            rows += table.num_rows
+    log.info("wrote %d top-%d rows to %s", rows, k, path)
+    return rows

@@ -1,0 +1,135 @@
+"""Step logic of the data steps: ``start``, ``extract_sessions`` and ``estimate_q``.
+
+Functions take the plain ``config`` artifact (a dict) and table references, and return what the
+step stores; nothing here imports torch, so the data steps start quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from recmodel.core.config import PipelineConfig, load_preset
+from recmodel.core.tables import TableRef, local_path, read_table
+from recmodel.ingest.checks import validate_source
+from recmodel.ingest.extract import extract
+from recmodel.ingest.qtable import build_q_table
+from recmodel.ingest.readers import SourceSpec
+from recmodel.ingest.sources import register_source
+from recmodel.steps.cards import q_card
+from recmodel.steps.common import RunTables, config_of, connect_for
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"  # inputs["kind"] of the built-in generator
+
+
+def start(
+    preset: str, overrides: dict, source: str, events: str, items: str, ranker_scores: str
+) -> tuple[dict, dict, dict]:
+    """Resolve the configuration and validate every input before anything expensive.
+
+    Returns:
+        ``(config, inputs, checks)``: the effective configuration as a dict, the resolved
+        inputs (source kind and paths), and what validation found (warnings, row counts).
+    """
+    cfg = load_preset(preset)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    if not events and (items or source != "canonical"):
+        raise ValueError(
+            "--items and --source describe your own data: pass --events PATH too "
+            "(without --events the flow generates synthetic data)"
+        )
+    inputs = {"kind": SYNTHETIC, "events": "", "items": "", "ranker_scores": ranker_scores}
+    checks: dict[str, Any] = {"warnings": []}
+    if events:
+        spec = SourceSpec(kind=source, events=events, items=items or None)
+        con = connect_for(cfg)
+        checks["source"] = register_source(con, spec)
+        checks["warnings"] = validate_source(
+            con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct
+        )
+        inputs.update(kind=source, events=events, items=items)
+    if ranker_scores:
+        from recmodel.ranker.score_tables import check_ranker_scores_file
+
+        checks["ranker_scores"] = check_ranker_scores_file(ranker_scores)
+    for warning in checks["warnings"]:
+        log.warning(warning)
+    return cfg.to_dict(), inputs, checks
+
+
+def _source_spec(cfg: PipelineConfig, inputs: dict, work: Path) -> SourceSpec:
+    if inputs["kind"] != SYNTHETIC:
+        return SourceSpec(
+            kind=inputs["kind"], events=inputs["events"], items=inputs["items"] or None
+        )
+    from recmodel.synthetic.generator import generate
+
+    paths = generate(cfg.synthetic, work / "raw")
+    return SourceSpec(kind="canonical", events=str(paths.events), items=str(paths.items))
+
+
+def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dict, list, dict]:
+    """Run the SQL extraction and publish its tables.
+
+    Returns:
+        ``(tables, sql_queries, data_summary)`` where ``tables`` maps ``events``, ``items``,
+        ``users`` and ``test_targets`` to table references.
+    """
+    cfg = config_of(config)
+    with tempfile.TemporaryDirectory(prefix="recmodel-extract-") as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        spec = _source_spec(cfg, inputs, work)
+        con = connect_for(cfg, work / "spill")
+        register_source(con, spec)
+        validate_source(con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct)
+        result = extract(con, cfg.extract, work / "out")
+        refs = {name: tables.publish(path, name) for name, path in result.paths.items()}
+    summary = {
+        **result.summary,
+        "source": inputs["kind"],
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    return refs, result.queries, summary
+
+
+def estimate_q(
+    config: dict, refs: dict, tables: RunTables, card: Any = None
+) -> tuple[TableRef, dict, list]:
+    """Estimate the Q table from the pretrain window's targets (and show its shape).
+
+    Returns:
+        ``(item_frequency, q_summary, sql_queries)``: the Q table's reference, its shape and
+        the record of the SQL that built it.
+    """
+    cfg = config_of(config)
+    with tempfile.TemporaryDirectory(prefix="recmodel-q-") as tmp:
+        path, summary = build_q_table(
+            connect_for(cfg),
+            local_path(refs["events"]),
+            local_path(refs["items"]),
+            cfg.q,
+            Path(tmp) / "item_frequency.parquet",
+        )
+        queries = summary.pop("queries")
+        ref = tables.publish(path, "item_frequency")
+    q = read_table(ref, columns=["q"]).column("q").to_numpy()
+    q_card(card, summary, q)
+    return ref, summary, queries
+
+
+def resolve_warm_start(spec: str, flow_name: str) -> str | None:
+    """The pathspec of the run to warm-start from (resolved once, in ``start``), or None."""
+    if not spec:
+        return None
+    from recmodel.serving.warm_start import find_warm_start_run
+
+    run = find_warm_start_run(spec, flow_name)
+    log.info("warm start: %s", run.pathspec if run is not None else "none found, cold start")
+    return None if run is None else run.pathspec

@@ -1,0 +1,121 @@
+"""Step logic of the second stage: materialize the ranker's scores, distil them into the retriever."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from recmodel.core.columns import Columns
+from recmodel.core.sql import SqlRunner
+from recmodel.core.tables import TableRef, read_table
+from recmodel.distill.finetune import finetune_retriever
+from recmodel.distill.metrics import distillation_metrics
+from recmodel.ranker.model import build_ranker_scores
+from recmodel.ranker.score_tables import load_ranker_scores, with_original_ids
+from recmodel.retriever.checkpoint import load_retriever
+from recmodel.retriever.distributed import resolve_device
+from recmodel.steps.common import connect_for
+from recmodel.steps.live_card import TrainingCard
+from recmodel.steps.step_data import (
+    StepData,
+    checkpoint_of,
+    load_step_data,
+    maybe_fail,
+    q_counts,
+    trained_result,
+)
+
+TWO_STAGE = "sasrec_two_stage"  # the finetuned retriever in the report
+
+
+def _retriever(checkpoint: dict, data: StepData, device: torch.device):
+    model = load_retriever(
+        checkpoint["safetensors"], checkpoint["model_config"], data.dataset.items
+    )
+    return model.to(device).eval()
+
+
+def materialize_ranker_scores(
+    config: dict, inputs: dict, refs: dict, checkpoint: dict, tables: Any
+) -> tuple[TableRef, dict, Any, list[dict]]:
+    """Score the pretrained retriever's candidates with the cross-fitted ranker.
+
+    With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
+
+    Returns:
+        ``(ranker_scores, ranker_quality, ranker, sql_queries)``; ``ranker`` is the built-in
+        model (None for imported scores), kept for the end-to-end distillation metrics, and
+        ``sql_queries`` the records of the SQL this step ran.
+    """
+    data = load_step_data(config, refs)
+    runner = SqlRunner(connect_for(data.cfg))
+    users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
+    items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
+    if inputs.get("ranker_scores"):
+        scores = load_ranker_scores(inputs["ranker_scores"], users, items, runner)
+        quality, ranker = {"source": inputs["ranker_scores"], "rows": scores.num_rows}, None
+    else:
+        device = resolve_device(data.cfg.train.device)
+        started = time.perf_counter()
+        pretrained = _retriever(checkpoint, data, device)
+        result = build_ranker_scores(
+            data.dataset, pretrained, data.cfg.ranker, device=device, runner=runner
+        )
+        scores, ranker = result.scores, result.ranker
+        quality = {
+            "source": "built-in",
+            **result.quality,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    ref = tables.write(with_original_ids(scores, users, items), "ranker_scores")
+    return ref, quality, ranker, runner.records
+
+
+def finetune(
+    config: dict,
+    refs: dict,
+    q_ref: TableRef,
+    checkpoint: dict,
+    scores_ref: TableRef,
+    ranker: Any,
+    tables: Any,
+    card: Any = None,
+) -> tuple[dict, dict, dict]:
+    """Distil the ranker into the retriever; evaluate it as ``sasrec_two_stage``.
+
+    Returns:
+        ``(finetune_checkpoint, results, distillation)``: the weights, ``{TWO_STAGE: entry}``
+        for ``model_results``, and the distillation metrics of both retrievers.
+    """
+    maybe_fail("finetune", tables)
+    data = load_step_data(config, refs)
+    cfg = data.cfg
+    device = resolve_device(cfg.train.device)
+    pretrained = _retriever(checkpoint, data, device)
+    scores = read_table(scores_ref)
+    live = TrainingCard(card, f"{TWO_STAGE} (pairwise logit loss)")
+    result = finetune_retriever(
+        pretrained,
+        data.dataset,
+        scores,
+        cfg.finetune,
+        cfg.train,
+        q_counts(q_ref, data.dataset.n_items),
+        cfg.q,
+        cfg.eval,
+        device=device,
+        progress=live.update,
+    )
+    live.finish(result.history)
+    entry = trained_result(data, TWO_STAGE, result, tables)
+    distillation = distillation_metrics(
+        {"pretrain": pretrained, "finetune": result.model},
+        data.dataset,
+        scores,
+        ranker=ranker,
+        n_candidates=cfg.ranker.n_candidates,
+        device=device,
+    )
+    return checkpoint_of(result), {TWO_STAGE: entry}, distillation

@@ -1,0 +1,151 @@
+"""Step logic of the first-stage model steps: the two pretrained transformers and the baselines."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from recmodel.baselines.registry import BuildOptions, build_baselines, run_baseline
+from recmodel.core.tables import TableRef, read_table
+from recmodel.evaluation.testset import REC_K
+from recmodel.retriever.faults import inject_fault
+from recmodel.retriever.launch import pretrain_data_parallel
+from recmodel.retriever.train_state import TrainStateStore, checkpoint_every
+from recmodel.steps.live_card import TrainingCard
+from recmodel.steps.step_data import (
+    StepData,
+    checkpoint_of,
+    load_step_data,
+    maybe_fail,
+    model_result,
+    q_counts,
+    state_dir,
+    trained_result,
+)
+
+
+@dataclass(frozen=True)
+class Transformer:
+    """One pretrained transformer of the flow.
+
+    Attributes:
+        name: its name in the report and the recommendations table.
+        logq: the logQ correction it trains with; None means the preset's ``train.logq``.
+        step: the flow step that trains it (fault injection and retries name it).
+        checkpoint: the artifact holding its weights (a warm start reads the same one).
+    """
+
+    name: str
+    logq: str | None
+    step: str
+    checkpoint: str
+
+
+SASREC = Transformer("sasrec_pretrain", None, "pretrain", "pretrain_checkpoint")
+NO_LOGQ = Transformer("sasrec_no_logq", "none", "pretrain_no_logq", "no_logq_checkpoint")
+
+
+def _state_store(tables: Any, model: Transformer) -> TrainStateStore | None:
+    """Durable training state of ``model``: a retry of the step continues from it."""
+    directory = state_dir(tables)
+    if directory is None:
+        return None
+    # A partial, not a closure: it must pickle into the data-parallel workers.
+    after_epoch = functools.partial(_after_epoch, model.step, directory)
+    return TrainStateStore(f"{directory}/{model.name}.pt", checkpoint_every(), after_epoch)
+
+
+def _after_epoch(stage: str, directory: str, epoch: int) -> None:
+    """$RECMODEL_FAIL_ONCE=pretrain:epochK fails the step once, after epoch K is saved."""
+    inject_fault(stage, f"epoch{epoch}", directory)
+
+
+def _warm_state(run_pathspec: str | None, model: Transformer, data: StepData):
+    """Initial weights from a past run's checkpoint of the same model, or None."""
+    if not run_pathspec:
+        return None, {}
+    from metaflow import Run
+
+    from recmodel.retriever.model import Retriever
+    from recmodel.serving.warm_start import warm_start_from_run
+
+    fresh = Retriever(data.dataset.items, data.cfg.model)
+    items = read_table(data.refs["items"])
+    ws = warm_start_from_run(Run(run_pathspec), fresh, items, artifact=model.checkpoint)
+    return ws.state, ws.summary
+
+
+def pretrain(
+    config: dict,
+    refs: dict,
+    q_ref: TableRef,
+    tables: Any,
+    card: Any = None,
+    warm_start_run: str | None = None,
+    *,
+    model: Transformer = SASREC,
+) -> tuple[dict, dict]:
+    """Pretrain ``model`` (:data:`SASREC` or :data:`NO_LOGQ`) with sampled softmax.
+
+    Returns:
+        ``(checkpoint, results)``: safetensors bytes with the model config, and
+        ``{model.name: entry}`` for the run's ``model_results``.
+    """
+    maybe_fail(model.step, tables)
+    data = load_step_data(config, refs)
+    cfg = data.cfg
+    logq = model.logq or cfg.train.logq
+    live = TrainingCard(card, f"{model.name} (logQ: {logq})")
+    init_state, warm = _warm_state(warm_start_run, model, data)
+    result = pretrain_data_parallel(
+        data.dataset,
+        q_counts(q_ref, data.dataset.n_items),
+        cfg.model,
+        dataclasses.replace(cfg.train, logq=logq),
+        cfg.q,
+        cfg.eval,
+        progress=live.update,
+        init_state=init_state,
+        state_store=_state_store(tables, model),
+        processes=cfg.train.processes,
+    )
+    live.finish(result.history)
+    entry = trained_result(
+        data,
+        model.name,
+        result,
+        tables,
+        logq=logq,
+        warm_start=warm,
+        resumed_from=result.resumed_from,
+    )
+    return checkpoint_of(result), {model.name: entry}
+
+
+def baselines(config: dict, refs: dict, tables: Any) -> dict:
+    """Fit every classic baseline and recommend for the test users; a failure is an entry."""
+    data = load_step_data(config, refs)
+    cfg = data.cfg
+    options = BuildOptions(chunk_items=cfg.eval.chunk_items)
+    results = {}
+    for model in build_baselines(cfg.baselines, options=options):
+        out = run_baseline(
+            model, data.dataset, data.test.users, data.test.histories, REC_K, cfg.eval.filter_seen
+        )
+        if out["status"] != "ok":
+            results[out["name"]] = {k: out[k] for k in ("status", "error", "traceback")}
+            continue
+        results[out["name"]] = model_result(
+            data,
+            out["name"],
+            out["items"],
+            out["scores"],
+            tables,
+            fit_seconds=out["fit_seconds"],
+            model_size=out["model_size"],
+            tuning=out.get("tuning"),
+            history=[],
+        )
+    return results

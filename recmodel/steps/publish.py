@@ -1,0 +1,51 @@
+"""Step logic of ``end``: serving exports and champion gating of a finished run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from typing import Any
+
+from recmodel.core.tables import read_table
+from recmodel.serving import champion, export
+from recmodel.steps.common import config_of
+from recmodel.steps.report import publish_files
+
+log = logging.getLogger(__name__)
+
+GATE_MODEL = "sasrec_two_stage"
+
+
+def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
+    """Item vectors, the TorchScript query encoder and a manifest, next to the run's tables.
+
+    Returns:
+        The manifest with the URIs of the published files.
+    """
+    items = read_table(refs["items"])  # codes and acoustic vectors rebuild the item tower
+    with tempfile.TemporaryDirectory(prefix="recmodel-serving-") as tmp:
+        manifest = export.export_checkpoint(checkpoint, items, tmp)
+        uris = publish_files(manifest.pop("paths"), f"{tables.root}/serving")
+    return {**manifest, "files": uris}
+
+
+def gate_champion(config: dict, flow_name: str, run_id: str) -> dict:
+    """Tag the run ``champion`` or ``rejected`` against the branch's current champion."""
+    from metaflow import Step
+
+    cfg = config_of(config)
+    report = Step(f"{flow_name}/{run_id}/report").task["report"].data
+    decision = champion.gate(
+        report,
+        flow_name,
+        run_id,
+        tags=champion.branch_tags(),
+        model=GATE_MODEL,
+        metric=cfg.eval.gate_metric,
+        tolerance=cfg.eval.gate_tolerance,
+    )
+    log.info(
+        "champion gate: %s (%s)", "promoted" if decision.promote else "rejected", decision.reason
+    )
+    return dataclasses.asdict(decision) if dataclasses.is_dataclass(decision) else decision

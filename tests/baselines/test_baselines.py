@@ -1,0 +1,524 @@
+"""Baselines: exact orders on handmade logs, fast paths against brute-force references."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from recmodel.baselines.als import _validation
+from recmodel.baselines.base import (
+    EMPTY,
+    fill_popular,
+    implicit_scope,
+    play_matrix,
+    top_k_per_row,
+)
+from recmodel.baselines.registry import (
+    ALS,
+    BASELINES,
+    BuildOptions,
+    ItemKNN,
+    Popularity,
+    Recommender,
+    UserPopular,
+    build_baselines,
+    run_baseline,
+)
+from recmodel.core.columns import Window
+from recmodel.core.config import BaselinesConfig
+from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
+from recmodel.evaluation.metrics import evaluate
+
+PRE, FT, VAL, TEST = Window.PRETRAIN, Window.FINETUNE, Window.VAL, Window.TEST
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def make_dataset(events: list[tuple[int, int, int, int]], n_users: int, n_items: int) -> Dataset:
+    """A Dataset from ``(user, item, ts, window)`` events (sorted here by user, then ts)."""
+    user, item, ts, window = (np.array(col, dtype=np.int64) for col in zip(*events, strict=True))
+    order = np.lexsort((ts, user))
+    zeros = np.zeros(n_items + 1, dtype=np.int64)
+    features = ItemFeatures(
+        artist=zeros,
+        album=zeros,
+        genre=zeros,
+        tempo_bucket=zeros,
+        acoustic=np.zeros((n_items + 1, 0), dtype=np.float32),
+        has_acoustic=np.zeros(n_items + 1, dtype=bool),
+        track_length=np.full(n_items + 1, np.nan, dtype=np.float32),
+    )
+    counts = np.bincount(item[window == PRE], minlength=n_items + 1).astype(np.int64)
+    return Dataset(
+        user_idx=user[order].astype(np.int32),
+        item_idx=item[order].astype(np.int32),
+        ts=ts[order],
+        window=window[order].astype(np.int8),
+        n_users=n_users,
+        n_items=n_items,
+        items=features,
+        item_counts=counts,
+    )
+
+
+def make_histories(rows: list[list[int]]) -> UserItems:
+    """UserItems with one row per list; timestamps are the positions (strictly increasing)."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = np.array([i for r in rows for i in r], dtype=np.int32)
+    return UserItems(indptr, items, np.arange(len(items), dtype=np.int64))
+
+
+def random_dataset(seed: int, n_users: int = 40, n_items: int = 30, n_events: int = 900):
+    """Events over all four windows with a skewed item distribution (many repeats)."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, n_events)
+    weights = 1.0 / np.arange(1, n_items + 1)
+    items = rng.choice(np.arange(1, n_items + 1), size=n_events, p=weights / weights.sum())
+    ts = rng.integers(0, 1_000, n_events)
+    window = np.searchsorted([600, 750, 850], ts, side="right")  # 0..3 in time order
+    return make_dataset(list(zip(users, items, ts, window, strict=True)), n_users, n_items)
+
+
+def two_blocks(n_users_per_block: int = 30, n_items_per_block: int = 6) -> Dataset:
+    """Block A users play only items 1..6, block B users only items 7..12, in every window."""
+    rng = np.random.default_rng(7)
+    blocks = np.arange(1, 2 * n_items_per_block + 1).reshape(2, n_items_per_block)
+    events = []
+    for user in range(2 * n_users_per_block):
+        block = blocks[int(user >= n_users_per_block)]
+        for window, (t0, t1) in enumerate([(0, 100), (100, 150), (150, 200), (200, 250)]):
+            for item in rng.choice(block, size=3 if window == PRE else 2, replace=False):
+                events.append((user, int(item), int(rng.integers(t0, t1)), window))
+    return make_dataset(events, 2 * n_users_per_block, 2 * n_items_per_block)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def reference_complete(ranked: list[list[tuple[int, float]]], popular, seen, k):
+    """Slow reference of the popularity fill: one Python loop per row."""
+    out_items, out_scores = [], []
+    for row, cands in enumerate(ranked):
+        items = [i for i, _ in cands][:k]
+        scores = [s for _, s in cands][:k]
+        floor = min(scores) if scores else 0.0
+        blocked = set(items) | (set(seen[row]) if seen is not None else set())
+        fill = [i for i in popular if i not in blocked]
+        if len(items) + len(fill) < k:  # the catalog is exhausted: seen items complete it
+            fill += [i for i in popular if i not in set(items) | set(fill)]
+        fill = fill[: k - len(items)]
+        out_items.append(items + fill)
+        out_scores.append(scores + [floor - 1.0 - j for j in range(len(fill))])
+    return np.array(out_items), np.array(out_scores, dtype=np.float32)
+
+
+def reference_popular_order(counts: np.ndarray) -> list[int]:
+    return sorted(range(1, len(counts)), key=lambda i: (-counts[i], i))
+
+
+def assert_valid_rows(items, scores, histories, users, k, n_items, filter_seen):
+    """Full rows, no padding, no duplicate, scores non-increasing, and with ``filter_seen`` no
+    seen item unless the unseen catalog is exhausted (then every unseen item comes first)."""
+    assert items.shape == scores.shape == (len(users), k)
+    assert items.dtype == np.int64 and scores.dtype == np.float32
+    assert items.min() >= 1 and items.max() <= n_items
+    assert all(len(set(row)) == k for row in items.tolist())
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    if not filter_seen:
+        return
+    for row, user in zip(items.tolist(), users, strict=True):
+        unseen = set(range(1, n_items + 1)) - set(histories.row(user).tolist())
+        assert set(row[: len(unseen)]) <= unseen
+        assert set(row) >= unseen or set(row) <= unseen
+
+
+# --------------------------------------------------------------------------- ranking helpers
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_top_k_per_row_matches_sort_per_row(seed):
+    rng = np.random.default_rng(seed)
+    n_rows, k = 30, 4
+    counts = rng.integers(0, 12, n_rows)
+    counts[0] = 0  # a row without candidates
+    rows = np.repeat(np.arange(n_rows), counts)
+    items = np.concatenate([rng.permutation(np.arange(1, 20))[:n] for n in counts])
+    # Few distinct values, negatives and both zeros: ties at the cut are the common case.
+    scores = rng.choice(np.array([-2.5, -1.0, -0.0, 0.0, 0.5, 3.0], np.float32), len(rows))
+    tiebreak = rng.permutation(len(rows)).astype(np.float64)
+    shuffle = rng.permutation(len(rows))  # input order must not matter
+    rows, items, scores, tiebreak = (
+        rows[shuffle],
+        items[shuffle],
+        scores[shuffle],
+        tiebreak[shuffle],
+    )
+    got_items, got_scores = top_k_per_row(rows, items, scores, tiebreak, n_rows, k)
+    for row in range(n_rows):
+        mask = rows == row
+        ranked = sorted(zip(-scores[mask], -tiebreak[mask], items[mask], strict=True))[:k]
+        assert got_items[row].tolist() == [int(i) for *_, i in ranked] + [EMPTY] * (k - len(ranked))
+        assert got_scores[row, : len(ranked)].tolist() == [-s for s, *_ in ranked]
+        assert np.all(np.isneginf(got_scores[row, len(ranked) :]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fill_popular_matches_loop(seed):
+    rng = np.random.default_rng(seed)
+    n_items, k, n_rows = 12, 5, 20
+    popular = rng.permutation(np.arange(1, n_items + 1)).astype(np.int64)
+    ranked, seen = [], []
+    for _ in range(n_rows):
+        n = int(rng.integers(0, k + 1))
+        items = rng.choice(np.arange(1, n_items + 1), size=n, replace=False)
+        ranked.append(list(zip(items.tolist(), np.sort(rng.random(n))[::-1].tolist(), strict=True)))
+        seen.append(rng.choice(np.arange(1, n_items + 1), size=int(rng.integers(0, 11))).tolist())
+    table = np.full((n_rows, k), EMPTY, dtype=np.int64), np.full((n_rows, k), -np.inf, np.float32)
+    for row, cands in enumerate(ranked):
+        table[0][row, : len(cands)] = [i for i, _ in cands]
+        table[1][row, : len(cands)] = [s for _, s in cands]
+    got = fill_popular(*table, popular, make_histories(seen))
+    expected = reference_complete(ranked, popular.tolist(), seen, k)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- popularity
+
+HANDMADE = [
+    # user, item, ts, window: pretrain counts 3:4, 1:2, 2:2, 4:1, 5:0
+    (0, 3, 1, PRE), (0, 3, 2, PRE), (0, 1, 3, PRE), (1, 3, 1, PRE), (1, 2, 2, PRE),
+    (1, 1, 3, PRE), (2, 3, 1, PRE), (2, 2, 2, PRE), (2, 4, 3, PRE),
+    # later windows must not count: item 5 is the most played after the training window
+    (0, 5, 10, FT), (1, 5, 11, FT), (2, 5, 12, VAL), (0, 5, 20, TEST), (1, 5, 21, TEST),
+]  # fmt: skip
+
+
+def test_popularity_exact_order_from_training_window_only():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    model = Popularity().fit(data)
+    items, scores = model.recommend(data.history(TEST), np.array([0, 2]), 5)
+    assert items.tolist() == [[3, 1, 2, 4, 5]] * 2  # ties 1/2 by lower index
+    assert scores.tolist() == [[4, 2, 2, 1, 0]] * 2
+
+
+def test_popularity_filter_seen():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    histories = make_histories([[3, 2], [], [5, 5, 1]])
+    items, scores = (
+        Popularity().fit(data).recommend(histories, np.array([0, 1, 2]), 3, filter_seen=True)
+    )
+    assert items.tolist() == [[1, 4, 5], [3, 1, 2], [3, 2, 4]]
+    assert scores.tolist() == [[2, 1, 0], [4, 2, 2], [4, 2, 1]]
+
+
+# --------------------------------------------------------------------------- user popular
+
+
+def test_user_popular_exact_order_tie_rule_and_fill():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)  # popularity: 3, 1, 2, 4, 5
+    # Counts 2:2, 5:2, 4:1, 1:1; 5 was replayed after 2, 1 after 4 -> 5, 2, 1, 4; fill 3.
+    histories = make_histories([[2, 5, 2, 4, 5, 1], []])
+    items, scores = UserPopular().fit(data).recommend(histories, np.array([0, 1]), 5)
+    assert items.tolist() == [[5, 2, 1, 4, 3], [3, 1, 2, 4, 5]]
+    assert scores.tolist() == [[2, 2, 1, 1, 0], [-1, -2, -3, -4, -5]]
+
+
+def test_user_popular_equal_timestamps_break_by_history_order():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    histories = UserItems(np.array([0, 3]), np.array([4, 2, 1], np.int32), np.array([7, 7, 7]))
+    items, _ = UserPopular().fit(data).recommend(histories, np.array([0]), 3)
+    assert items.tolist() == [[1, 2, 4]]  # same time: the later position counts as more recent
+
+
+def test_user_popular_filter_seen_is_popularity_over_unheard():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    histories = make_histories([[2, 5, 2, 4, 5, 1]])
+    model = UserPopular().fit(data)
+    items, _ = model.recommend(histories, np.array([0]), 1, filter_seen=True)
+    assert items.tolist() == [[3]]
+    # Only one unheard track is left: the row is completed with popular heard ones.
+    items, _ = model.recommend(histories, np.array([0]), 3, filter_seen=True)
+    assert items.tolist() == [[3, 1, 2]]
+
+
+@pytest.mark.parametrize("filter_seen", [False, True])
+def test_user_popular_matches_per_user_loop(filter_seen):
+    data = random_dataset(seed=3)
+    histories, users, k = data.history(TEST), np.arange(data.n_users), 8
+    model = UserPopular().fit(data)
+    items, scores = model.recommend(histories, users, k, filter_seen=filter_seen)
+    ranked, seen = [], []
+    for user in users:
+        row = histories.row(user).tolist()
+        last = {item: pos for pos, item in enumerate(row)}
+        counts = Counter(row)
+        order = sorted(counts, key=lambda i: (-counts[i], -last[i]))
+        ranked.append([] if filter_seen else [(i, float(counts[i])) for i in order])
+        seen.append(row)
+    popular = reference_popular_order(model.item_counts)
+    expected = reference_complete(ranked, popular, seen if filter_seen else None, k)
+    np.testing.assert_array_equal(items, expected[0])
+    np.testing.assert_array_equal(scores, expected[1])
+
+
+# --------------------------------------------------------------------------- item kNN
+
+
+def test_itemknn_recommends_the_co_listened_item_first():
+    # Item 2 is co-listened with item 1 by three users, item 3 by one; item 4 never with 1.
+    events = [(u, 1, 1, PRE) for u in range(4)] + [(u, 2, 2, PRE) for u in range(3)]
+    events += [(3, 3, 3, PRE)] + [(u, 4, 1, PRE) for u in range(4, 9)]
+    data = make_dataset(events, n_users=10, n_items=5)
+    model = ItemKNN(neighbours=10, weighting="cosine", num_threads=1).fit(data)
+    histories = make_histories([[1]] + [[]] * 9)
+    items, _ = model.recommend(histories, np.array([0]), 4, filter_seen=True)
+    assert items.tolist() == [[2, 3, 4, 5]]  # votes 2 > 3, then popularity fills: 4, 5
+
+
+@pytest.mark.parametrize("filter_seen", [False, True])
+def test_itemknn_cosine_equals_brute_force(filter_seen):
+    data = random_dataset(seed=5)
+    n = data.n_items
+    model = ItemKNN(neighbours=n + 1, weighting="cosine", num_threads=1).fit(data)
+    histories, users, k = data.history(TEST), np.arange(data.n_users), 10
+    items, scores = model.recommend(histories, users, k, filter_seen=filter_seen)
+
+    plays = np.zeros((data.n_users, n + 1))
+    np.add.at(plays, (data.user_idx[data.window == PRE], data.item_idx[data.window == PRE]), 1.0)
+    norms = np.linalg.norm(plays, axis=0)
+    unit = np.divide(plays, norms, out=np.zeros_like(plays), where=norms > 0)
+    sim = unit.T @ unit  # [N + 1, N + 1] cosine between item columns
+    ranked, seen = [], []
+    for user in users:
+        row = histories.row(user).tolist()
+        query = np.bincount(row, minlength=n + 1).astype(float)
+        dense = query @ sim
+        voted = [i for i in range(1, n + 1) if (sim[row, i] > 0).any()]
+        voted = [i for i in voted if not (filter_seen and i in row)]
+        order = sorted(voted, key=lambda i: (-round(dense[i], 5), i))
+        ranked.append([(i, dense[i]) for i in order])
+        seen.append(row)
+    popular = reference_popular_order(model.item_counts)
+    expected = reference_complete(ranked, popular, seen if filter_seen else None, k)
+    np.testing.assert_array_equal(items, expected[0])
+    np.testing.assert_allclose(scores, expected[1], rtol=1e-5, atol=1e-5)
+
+
+def test_itemknn_bm25_equals_implicit_per_user_recommend():
+    data = random_dataset(seed=6)
+    model = ItemKNN(neighbours=5, weighting="bm25", num_threads=1).fit(data)
+    histories, users = data.history(TEST), np.arange(data.n_users)
+    items, scores = model.recommend(histories, users, 6, filter_seen=True)
+
+    from implicit.nearest_neighbours import BM25Recommender
+
+    reference = BM25Recommender(K=5, num_threads=1)
+    with implicit_scope():
+        reference.fit(play_matrix(data.train(), data.n_items), show_progress=False)
+    plays = play_matrix(histories, data.n_items)[users]
+    ref_items, ref_scores = reference.recommend(
+        users, plays, N=6, filter_already_liked_items=True, recalculate_user=True
+    )
+    # implicit completes a row that has fewer votes with arbitrary items scored 0 (or -1 ids).
+    voted = (ref_items >= 0) & (ref_scores > 0)
+    assert voted.sum() > voted.size // 2  # the comparison covers most slots
+    np.testing.assert_allclose(scores[voted], ref_scores[voted], rtol=1e-5)
+    # implicit orders equal scores arbitrarily: check each of our items has the slot's score
+    # in implicit's full ranking instead of comparing ids.
+    full_items, full_scores = reference.recommend(
+        users, plays, N=data.n_items + 1, filter_already_liked_items=True, recalculate_user=True
+    )
+    for row in range(len(users)):
+        score_of = dict(zip(full_items[row].tolist(), full_scores[row].tolist(), strict=True))
+        for item, score in zip(items[row][voted[row]], scores[row][voted[row]], strict=True):
+            assert score_of[int(item)] == pytest.approx(score, rel=1e-5)
+
+
+def test_itemknn_ignores_items_seen_only_after_training():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    model = ItemKNN(neighbours=10, weighting="cosine", num_threads=1).fit(data)
+    assert model.similarity[5].nnz == 0 and model.similarity[:, 5].nnz == 0
+
+
+# --------------------------------------------------------------------------- ALS
+
+
+def small_als(**grid) -> ALS:
+    # Two factors: the rank of the two-block structure (more of them overfit 60 users).
+    params = {"factors": (2,), "regularization": (0.01,), "alpha": (5.0,), **grid}
+    return ALS(**params, iterations=10, seed=0, num_threads=1)
+
+
+def test_als_learns_two_blocks():
+    data = two_blocks()
+    model = small_als().fit(data)
+    block_a, block_b = set(range(1, 7)), set(range(7, 13))
+    # New queries (not training rows): the block of the history decides the recommendations.
+    histories = make_histories([[1, 2], [7, 9], [3, 3, 4, 5], [11, 12]])
+    items, _ = model.recommend(histories, np.arange(4), 6)
+    assert [set(row) for row in items.tolist()] == [block_a, block_b, block_a, block_b]
+    items, _ = model.recommend(histories, np.arange(4), 4, filter_seen=True)
+    assert set(items[0].tolist()) == block_a - {1, 2}
+    assert set(items[1].tolist()) == block_b - {7, 9}
+    assert set(items[2, :3].tolist()) == block_a - {3, 4, 5}  # then the best of block B
+    assert set(items[3].tolist()) == block_b - {11, 12}
+    assert model.tuning[0]["ndcg@10"] > 0.5
+
+
+def test_als_grid_records_every_point_and_keeps_the_best(monkeypatch):
+    # Validation prefers 8 factors and then the larger regularization; the grid visits it
+    # neither first nor last, so neither default nor last-wins could pass.
+    def fake_validate(self, val):
+        return float(-abs(self._model.factors - 8) + self._model.regularization)
+
+    monkeypatch.setattr(ALS, "_validate", fake_validate)
+    model = small_als(factors=(2, 8, 16), regularization=(0.01, 0.1), alpha=(1.0,))
+    model.fit(two_blocks())
+    assert [(t["factors"], t["regularization"]) for t in model.tuning] == [
+        (2, 0.01), (2, 0.1), (8, 0.01), (8, 0.1), (16, 0.01), (16, 0.1),
+    ]  # fmt: skip
+    assert model.params == {"factors": 8, "regularization": 0.1, "alpha": 1.0}
+    assert model._model.item_factors.shape == (13, 8)
+
+
+def test_als_validation_score_is_evaluate_of_its_own_recommendations():
+    data = two_blocks()
+    model = small_als(factors=(2, 3)).fit(data)
+    best = max(model.tuning, key=lambda t: t["ndcg@10"])
+    assert model.params["factors"] == best["factors"]
+    val = _validation(data)
+    assert val.users.tolist() == list(range(data.n_users))
+    items, _ = model.recommend(val.histories, val.users, 10)
+    result = evaluate(items, val.targets, ks=(10,), item_counts=model.item_counts, n_items=12)
+    assert result.summary["ndcg@10"] == pytest.approx(best["ndcg@10"])
+
+
+def test_als_is_deterministic_and_blind_to_later_windows():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    first, second = small_als().fit(data), small_als().fit(data)
+    np.testing.assert_array_equal(first._model.item_factors, second._model.item_factors)
+    np.testing.assert_array_equal(first._model.item_factors[5], 0.0)  # played after training
+    # Five tracks: validation ranks all of them and pads the top-10 with empty slots.
+    assert len(first.tuning) == 1 and 0 < first.tuning[0]["ndcg@10"] <= 1
+
+
+def test_als_without_validation_users_keeps_the_first_point():
+    events = [(u, i, 1, PRE) for u in range(4) for i in (1, 2, 3)] + [(0, 1, 9, TEST)]
+    model = small_als(factors=(3, 2)).fit(make_dataset(events, n_users=4, n_items=3))
+    assert [np.isnan(t["ndcg@10"]) for t in model.tuning] == [True, True]
+    assert model.params["factors"] == 3
+
+
+# --------------------------------------------------------------------------- every model
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+@pytest.mark.parametrize("filter_seen", [False, True])
+def test_every_baseline_returns_full_valid_rows(name, filter_seen):
+    data = random_dataset(seed=11)
+    cfg = BaselinesConfig(itemknn_neighbours=5, als_factors=(4,), als_iterations=5)
+    (model,) = build_baselines(cfg, [name], BuildOptions(num_threads=1))
+    model.fit(data)
+    histories = data.history(TEST)
+    users = np.arange(data.n_users)  # includes users without any history
+    for k in (7, data.n_items):  # k = catalog: every row is a permutation of the catalog
+        items, scores = model.recommend(histories, users, k, filter_seen=filter_seen)
+        assert_valid_rows(items, scores, histories, users, k, data.n_items, filter_seen)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_recommend_leaves_the_histories_untouched(name):
+    data = random_dataset(seed=12)
+    (model,) = build_baselines(BaselinesConfig(als_factors=(2,)), [name], BuildOptions(1))
+    histories = data.history(TEST)
+    before = (histories.indptr.copy(), histories.items.copy(), histories.ts.copy())
+    model.fit(data).recommend(histories, np.arange(data.n_users), 5, filter_seen=True)
+    for array, copy in zip((histories.indptr, histories.items, histories.ts), before, strict=True):
+        np.testing.assert_array_equal(array, copy)
+
+
+def test_play_matrix_counts_plays_without_reordering_its_input():
+    histories = make_histories([[3, 1, 3], [], [2]])
+    plays = play_matrix(histories, n_items=3)
+    assert plays.toarray().tolist() == [[0, 1, 0, 2], [0, 0, 0, 0], [0, 0, 1, 0]]
+    assert histories.items.tolist() == [3, 1, 3, 2]
+
+
+def test_build_baselines_passes_the_config():
+    cfg = BaselinesConfig(
+        itemknn_neighbours=7, itemknn_weighting="cosine", als_factors=(3, 5), seed=4
+    )
+    models = build_baselines(cfg)
+    assert [m.name for m in models] == ["popularity", "user_popular", "itemknn", "als"]
+    knn, als = models[2], models[3]
+    assert (knn.neighbours, knn.weighting) == (7, "cosine")
+    assert als.grid == [(3, 0.01, 10.0), (5, 0.01, 10.0)] and als.seed == 4
+    with pytest.raises(ValueError, match="unknown baseline"):
+        build_baselines(cfg, ["popularity", "svd"])
+
+
+def test_recommend_checks_its_arguments():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    histories = data.history(TEST)
+    with pytest.raises(RuntimeError, match="before fit"):
+        Popularity().recommend(histories, np.array([0]), 2)
+    model = Popularity().fit(data)
+    with pytest.raises(ValueError, match="k must be"):
+        model.recommend(histories, np.array([0]), 6)
+    with pytest.raises(ValueError, match="users must be"):
+        model.recommend(histories, np.array([3]), 2)
+
+
+# --------------------------------------------------------------------------- run_baseline
+
+
+class Exploding(Recommender):
+    name = "exploding"
+
+    def _fit(self, dataset, train):
+        raise RuntimeError("boom")
+
+    def _candidates(self, query, k, filter_seen):  # pragma: no cover - never reached
+        raise AssertionError
+
+
+def test_run_baseline_reports_a_failure(caplog):
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    with caplog.at_level(logging.ERROR, logger="recmodel.baselines.registry"):
+        out = run_baseline(Exploding(), data, np.array([0]), data.history(TEST), 2, False)
+    assert out["status"] == "failed" and out["name"] == "exploding"
+    assert out["error"] == "RuntimeError: boom"
+    assert "raise RuntimeError" in out["traceback"]
+    assert "baseline exploding failed" in caplog.text
+
+
+def test_run_baseline_returns_recommendations_and_timings():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    out = run_baseline(UserPopular(), data, np.array([2, 0]), data.history(TEST), 4, False)
+    assert out["status"] == "ok" and out["name"] == "user_popular"
+    assert out["items"].shape == out["scores"].shape == (2, 4)
+    # User 0 heard 3 twice, then 1 and 5 once (5 later, in the finetune window); fill: 2.
+    assert out["items"][1].tolist() == [3, 5, 1, 2]
+    assert out["fit_seconds"] >= 0 and out["recommend_seconds"] >= 0
+    assert out["model_size"] == 6 and out["tuning"] == []
+
+
+def test_model_sizes():
+    data = two_blocks()
+    assert 0 < ItemKNN(neighbours=3, num_threads=1).fit(data).model_size <= 13 * 3
+    assert small_als().fit(data).model_size == (13 + data.n_users) * 2
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_users_without_history_get_popularity(name):
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    (model,) = build_baselines(BaselinesConfig(als_factors=(2,)), [name], BuildOptions(1))
+    empty = UserItems(np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
+    items, _ = model.fit(data).recommend(empty, np.array([0, 1, 2]), 2)
+    assert items.tolist() == [[3, 1]] * 3

@@ -1,0 +1,341 @@
+"""The comparison report against plain Python loops, handcrafted exact cases and its layouts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from recmodel.core.config import EvalConfig
+from recmodel.report.build import build_report, report_card_components, write_report_files
+from recmodel.report.text import BETTER, SAME, WORSE, pretty_metric
+
+KS = (10, 50, 100)
+FAST = EvalConfig(bootstrap_samples=200, seed=3)
+PROTOCOL = {
+    "split": "temporal",
+    "windows": {
+        "pretrain": ["2024-01-01T00:00:00", "2024-02-20T00:00:00"],
+        "test": ["2024-03-01T00:30:00", "2024-03-08T00:00:00"],
+    },
+    "gap_minutes": 30,
+    "filter_seen": False,
+}
+
+
+def _recs(rows: list[tuple[str, object, object, int]]) -> pa.Table:
+    """``(model, user, item, rank)`` tuples as the long recommendations table."""
+    model, user, item, rank = (list(col) for col in zip(*rows, strict=True))
+    return pa.table(
+        {
+            "model": model,
+            "user_id": user,
+            "item_id": item,
+            "score": [-float(r) for r in rank],
+            "rank": rank,
+        }
+    )
+
+
+def _random_case(seed: int) -> dict:
+    """String item ids, int user ids, ragged lists, missing users, rows outside the test set."""
+    rng = np.random.default_rng(seed)
+    n_items, n_users = 150, 40
+    item_ids = [f"trk-{i}" for i in rng.permutation(n_items)]
+    weights = 1.0 / np.arange(1, n_items + 1)  # low positions are popular: frequent hits
+    weights /= weights.sum()
+    rows = []
+    for model in ("popularity", "als", "sasrec_two_stage", "zz_custom"):
+        for user in range(n_users + 5):  # users 40..44 are not test users
+            if rng.random() < 0.1:
+                continue  # this model has no row for this user
+            depth = int(rng.integers(0, 101))
+            picks = rng.choice(n_items, size=depth, replace=False, p=weights)
+            rows += [(model, user, item_ids[i], r + 1) for r, i in enumerate(picks)]
+    recs = _recs(rows).take(rng.permutation(len(rows)))  # row order must not matter
+    target_users = np.repeat(np.arange(n_users), rng.integers(1, 6, size=n_users))
+    target_items = rng.choice(n_items, size=len(target_users), p=weights)  # duplicates happen
+    targets = pa.table({"user_id": target_users, "item_id": [item_ids[i] for i in target_items]})
+    items = pa.table({"item_id": item_ids, "count": rng.integers(0, 8, size=n_items)})
+    return {"recs": recs, "targets": targets, "items": items}
+
+
+def _brute_force(recs: pa.Table, targets: pa.Table, items: pa.Table, model: str) -> dict:
+    """Every metric of one model by plain loops over Python lists."""
+    target_sets: dict = {}
+    for row in targets.to_pylist():
+        target_sets.setdefault(row["user_id"], set()).add(row["item_id"])
+    ranked: dict = {}
+    for row in sorted(recs.to_pylist(), key=lambda r: r["rank"]):
+        if row["model"] == model:
+            ranked.setdefault(row["user_id"], []).append(row["item_id"])
+    counts = {row["item_id"]: row["count"] for row in items.to_pylist()}
+    pct = {
+        i: 100.0 * sum(c < counts[i] for c in counts.values()) / (len(counts) - 1) for i in counts
+    }
+    out = {}
+    for k in KS:
+        per_user, shown, pops = [], set(), []
+        for user, wanted in target_sets.items():
+            top = ranked.get(user, [])[:k]
+            hits = [item in wanted for item in top]
+            n_rel = min(len(wanted), k)
+            ideal = sum(1 / math.log2(r + 2) for r in range(n_rel))
+            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
+            per_user.append((sum(hits) / n_rel, dcg / ideal, float(any(hits))))
+            shown |= set(top)
+            if top:
+                pops.append(sum(pct[i] for i in top) / len(top))
+        for j, name in enumerate(("recall", "ndcg", "hitrate")):
+            out[f"{name}@{k}"] = sum(v[j] for v in per_user) / len(per_user)
+        out[f"coverage@{k}"] = len(shown) / len(counts)
+        out[f"pop_pct@{k}"] = sum(pops) / len(pops)
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_report():
+    case = _random_case(seed=11)
+    models = {
+        "als": {"status": "ok", "error": None, "fit_seconds": 130.0, "model_size": 9600},
+        "itemknn": {
+            "status": "failed",
+            "error": "MemoryError: similarity | matrix\nline 2",
+            "fit_seconds": 1.0,
+            "model_size": 0,
+            "history": [],
+        },
+        "sasrec_two_stage": {
+            "status": "ok",
+            "fit_seconds": 900.0,
+            "model_size": 1_234_567,
+            "history": [{"epoch": 1, "loss": 5.0, "ndcg@10": 0.01}, {"epoch": 2, "loss": 4.0}],
+        },
+    }
+    report = build_report(case["recs"], case["targets"], case["items"], models, PROTOCOL, FAST)
+    return case, report
+
+
+def test_metrics_equal_plain_python_loops(random_report):
+    case, report = random_report
+    for model in ("popularity", "als", "sasrec_two_stage", "zz_custom"):
+        want = _brute_force(case["recs"], case["targets"], case["items"], model)
+        got = report.data["metrics"][model]
+        assert got["n_users"] == 40
+        for name, value in want.items():
+            assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-12), (model, name)
+
+
+def test_protocol_counts_are_measured(random_report):
+    case, report = random_report
+    protocol = report.data["protocol"]
+    pairs = {(r["user_id"], r["item_id"]) for r in case["targets"].to_pylist()}
+    assert protocol["n_test_users"] == 40
+    assert protocol["n_targets"] == len(pairs)
+    assert protocol["n_target_events"] == case["targets"].num_rows
+    assert protocol["catalog_size"] == 150
+    assert protocol["ks"] == [10, 50, 100]
+    assert protocol["split"] == "temporal" and protocol["filter_seen"] is False
+
+
+def test_models_in_canonical_order_and_failed_one_kept(random_report):
+    _, report = random_report
+    data = report.data
+    assert data["models"] == ["popularity", "itemknn", "als", "sasrec_two_stage", "zz_custom"]
+    assert data["failed"] == {"itemknn": "MemoryError: similarity | matrix\nline 2"}
+    assert "itemknn" not in data["metrics"] and "itemknn" not in data["comparisons"]
+    headers, rows = report.table
+    assert [row[0] for row in rows] == [
+        "popularity",
+        "itemknn",
+        "als",
+        "sasrec_two_stage (reference)",
+        "zz_custom",
+    ]
+    assert rows[1][1] == "failed: MemoryError: similarity | matrix"
+    assert all(len(row) == len(headers) for row in rows)
+    assert "failed: MemoryError: similarity \\| matrix" in report.markdown  # pipe escaped
+
+
+def test_report_data_is_plain_json(random_report):
+    _, report = random_report
+    text = json.dumps(report.data)  # numpy scalars would raise here
+    assert json.loads(text)["winners"] == report.data["winners"]
+
+
+def test_winners_are_the_highest_values(random_report):
+    _, report = random_report
+    metrics = report.data["metrics"]
+    for metric, winner in report.data["winners"].items():
+        assert metrics[winner][metric] == max(row[metric] for row in metrics.values())
+
+
+def test_markdown_states_protocol_and_every_model(random_report):
+    _, report = random_report
+    md = report.markdown
+    for text in (
+        "**Split**: temporal",
+        "2024-03-01T00:30:00",
+        "**Gap**: 30 min",
+        "**Filtering**: not filtered",
+        "**Test users**: 40",
+        "**Catalog**: 150 tracks",
+        "**Targets**:",
+        "200 replicates",
+        BETTER,
+        WORSE,
+        SAME,
+    ):
+        assert text in md
+    for model in report.data["models"]:
+        assert f"| {model}" in md
+    assert md.index("## Protocol") < md.index("## Results") < md.index("| Model |")
+
+
+def test_user_without_rows_counts_as_zero():
+    recs = _recs([("als", "u1", 7, 1), ("als", "u1", 8, 2)])  # no row at all for u2
+    targets = pa.table({"user_id": ["u1", "u2", "u2"], "item_id": [7, 8, 8]})
+    items = pa.table({"item_id": [7, 8, 9], "count": [3, 2, 1]})
+    report = build_report(recs, targets, items, {}, {}, FAST, reference_model="als")
+    got = report.data["metrics"]["als"]
+    assert got["n_users"] == 2
+    assert got["recall@10"] == 0.5 and got["hitrate@10"] == 0.5
+    assert got["ndcg@10"] == 0.5  # u1 hits at rank 1 (DCG 1 / IDCG 1), u2 counts 0
+    assert got["coverage@10"] == pytest.approx(2 / 3)
+    assert report.data["users_without_recommendations"] == {"als": 1}
+    assert "1 of 2 test users got no recommendation" in report.markdown
+
+
+def _one_target_case() -> dict:
+    """40 users with one target each; the reference and its twin always hit it at rank 1."""
+    users = [f"u{u}" for u in range(40)]
+    rows = []
+    for u, user in enumerate(users):
+        hit, miss = u + 1, 100 + u
+        rows += [
+            ("sasrec_two_stage", user, hit, 1),
+            ("sasrec_pretrain", user, hit, 1),
+            ("popularity", user, miss, 1),
+        ]
+    return {
+        "recs": _recs(rows),
+        "targets": pa.table({"user_id": users, "item_id": list(range(1, 41))}),
+        "items": pa.table({"item_id": list(range(1, 141)), "count": [1] * 140}),
+    }
+
+
+@pytest.fixture(scope="module")
+def one_target_case():
+    return _one_target_case()
+
+
+def test_constant_values_give_zero_width_interval(one_target_case):
+    c = one_target_case
+    report = build_report(c["recs"], c["targets"], c["items"], {}, PROTOCOL, FAST)
+    assert report.data["intervals"]["sasrec_two_stage"]["recall@10"] == [1.0, 1.0]
+    assert report.data["intervals"]["popularity"]["ndcg@100"] == [0.0, 0.0]
+    same = report.data["comparisons"]["sasrec_pretrain"]["ndcg@10"]
+    assert same == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "significant": False, "p_value": 1.0}
+    better = report.data["comparisons"]["popularity"]["ndcg@10"]
+    assert better["diff"] == 1.0 and better["significant"] and better["p_value"] < 0.01
+    rows = {row[0]: row for row in report.table[1]}
+    assert rows["sasrec_pretrain"][1] == "1.0000 [1.0000, 1.0000] ="
+    assert rows["popularity"][1] == "0.0000 [0.0000, 0.0000] ▲"
+    assert rows["sasrec_two_stage (reference)"][1] == "1.0000 [1.0000, 1.0000]"
+
+
+def test_worse_reference_gets_down_marks(one_target_case):
+    c = one_target_case
+    report = build_report(
+        c["recs"], c["targets"], c["items"], {}, PROTOCOL, FAST, reference_model="popularity"
+    )
+    rows = {row[0]: row for row in report.table[1]}
+    assert all(cell.endswith(WORSE) for cell in rows["sasrec_two_stage"][1:8])
+    assert "Significantly worse than: `sasrec_pretrain`, `sasrec_two_stage`" in report.markdown
+
+
+def test_noisy_difference_is_tested_not_assumed():
+    """Reference hits 60% of users, other 40%, on different users: a real paired bootstrap."""
+    rng = np.random.default_rng(5)
+    n = 400
+    ref_hits, other_hits = rng.random(n) < 0.6, rng.random(n) < 0.4
+    rows = [("sasrec_two_stage", u, 1 if h else 2, 1) for u, h in enumerate(ref_hits)]
+    rows += [("als", u, 1 if h else 2, 1) for u, h in enumerate(other_hits)]
+    targets = pa.table({"user_id": list(range(n)), "item_id": [1] * n})
+    items = pa.table({"item_id": [1, 2], "count": [5, 1]})
+    report = build_report(_recs(rows), targets, items, {}, {}, EvalConfig(seed=1))
+    test = report.data["comparisons"]["als"]["hitrate@10"]
+    assert test["diff"] == pytest.approx(ref_hits.mean() - other_hits.mean())
+    assert test["lo"] < test["diff"] < test["hi"] and test["significant"]
+
+
+def test_missing_reference_gives_no_marks(one_target_case):
+    c = one_target_case
+    models = {"sasrec_two_stage": {"status": "failed", "error": "CUDA out of memory"}}
+    report = build_report(c["recs"], c["targets"], c["items"], models, PROTOCOL, FAST)
+    assert report.data["comparisons"] == {}
+    assert report.data["failed"] == {"sasrec_two_stage": "CUDA out of memory"}
+    assert not any(
+        m in cell for row in report.table[1] for cell in row for m in (BETTER, WORSE, " =")
+    )
+    assert "The reference model `sasrec_two_stage` is failed" in report.markdown
+
+
+def test_id_types_are_matched_and_errors_name_the_problem():
+    items = pa.table({"item_id": pa.array([10, 20, 30], pa.int64()), "count": [1, 2, 3]})
+    targets = pa.table({"user_id": [1, 2], "item_id": pa.array([10, 30], pa.int64())})
+    recs = _recs([("als", 1, 10, 1), ("als", 2, 20, 1)]).cast(
+        pa.schema(
+            [
+                ("model", pa.dictionary(pa.int32(), pa.string())),
+                ("user_id", pa.int32()),
+                ("item_id", pa.int32()),
+                ("score", pa.float64()),
+                ("rank", pa.int64()),
+            ]
+        )
+    )
+    report = build_report(recs, targets, items, {}, {}, FAST, reference_model="als")
+    assert report.data["metrics"]["als"]["recall@10"] == 0.5
+    with pytest.raises(ValueError, match="recommendations of 'als'.*not in the catalog"):
+        build_report(_recs([("als", 1, 99, 1)]), targets, items, {}, {}, FAST)
+    with pytest.raises(ValueError, match="same user and rank"):
+        build_report(_recs([("als", 1, 10, 1), ("als", 1, 20, 1)]), targets, items, {}, {}, FAST)
+    with pytest.raises(ValueError, match="test_targets is empty"):
+        build_report(recs, targets.slice(0, 0), items, {}, {}, FAST)
+
+
+def test_card_components_build(random_report):
+    from metaflow.cards import Image, Markdown, Table
+
+    _, report = random_report
+    components = report_card_components(report)
+    rendered = [c.render() for c in components]
+    assert isinstance(components[0], Markdown) and "## Protocol" in rendered[0]["source"]
+    tables = [r for c, r in zip(components, rendered, strict=True) if isinstance(c, Table)]
+    assert len(tables) == 1 and len(tables[0]["data"]) == len(report.data["models"])
+    images = [r for c, r in zip(components, rendered, strict=True) if isinstance(c, Image)]
+    assert [r["type"] for r in images] == ["image"] * len(report.figures) == ["image"] * 3
+
+
+def test_figures_are_png_and_files_link_them(random_report, tmp_path: Path):
+    _, report = random_report
+    assert set(report.figures) == {"metric_bars", "popularity", "training_curves"}
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in report.figures.values())
+    paths = write_report_files(report, tmp_path / "out")
+    md = Path(paths["markdown"])
+    assert md.read_text(encoding="utf-8") == report.markdown
+    for name in report.figures:
+        assert f"]({name}.png)" in report.markdown
+        assert (md.parent / f"{name}.png").read_bytes() == report.figures[name]
+
+
+def test_metric_labels_shared_by_tables_and_figures():
+    assert pretty_metric("ndcg@10") == "NDCG@10"
+    assert pretty_metric("pop_pct@100") == "Popularity pct@100"
+    assert pretty_metric("mrr@5") == "mrr@5"  # no label: kept as it is
+    assert pretty_metric("coverage") == "Coverage"
