@@ -36,10 +36,11 @@ from recmodel.core.dataset import ItemFeatures, UserItems
 from recmodel.evaluation.metrics import evaluate
 from recmodel.retriever.batches import Step, WindowBatcher, make_windows
 from recmodel.retriever.distributed import DistContext
-from recmodel.retriever.model import META_FIELDS, MLP_RATIO, Retriever
+from recmodel.retriever.model import MLP_RATIO, Retriever
 from recmodel.retriever.negatives import NegativeSampler
 from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
 from recmodel.retriever.optim import build_optimizer
+from recmodel.retriever.tower import META_FIELDS
 from recmodel.retriever.train import train_step
 
 logger = logging.getLogger("bench_gpu")

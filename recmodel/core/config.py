@@ -1,4 +1,4 @@
-"""Typed configuration: one frozen dataclass per stage, loaded from a TOML preset.
+"""Typed configuration: one frozen dataclass per stage, loaded from a TOML preset (:mod:`recmodel.core.presets`).
 
 A preset is a TOML file with one table per stage (``[synthetic]``, ``[extract]``, ...). Keys
 that a preset leaves out keep the defaults written here; unknown keys are an error, so a typo
@@ -8,13 +8,9 @@ never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class ConfigError(ValueError):
@@ -288,13 +284,14 @@ class PipelineConfig:
         updates = {}
         for section, values in sections.items():
             current = getattr(self, section)
-            updates[section] = _build(
+            updates[section] = build_section(
                 type(current), {**dataclasses.asdict(current), **values}, section
             )
         return dataclasses.replace(self, **updates)
 
 
-def _build(cls: type, values: dict[str, Any], section: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
+    """One section's dataclass from its values; an unknown key is a :class:`ConfigError`."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     _check(
@@ -303,39 +300,3 @@ def _build(cls: type, values: dict[str, Any], section: str) -> Any:
     )
     coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**coerced)
-
-
-def from_dict(data: dict[str, Any], name: str = "custom") -> PipelineConfig:
-    """Build a PipelineConfig from nested dicts (as parsed from TOML)."""
-    sections = {f.name: f for f in dataclasses.fields(PipelineConfig) if f.name != "name"}
-    unknown = sorted(set(data) - set(sections) - {"name"})
-    _check(
-        not unknown,
-        f"unknown section(s): {', '.join(unknown)}; known: {', '.join(sorted(sections))}",
-    )
-    built = {}
-    for key, fld in sections.items():
-        default = fld.default_factory()  # type: ignore[misc]
-        built[key] = _build(type(default), data.get(key, {}), key)
-    return PipelineConfig(name=data.get("name", name), **built)
-
-
-def resolve_preset(preset: str) -> Path:
-    """A preset is a name in ``configs/`` (``tiny``) or a path to a TOML file."""
-    path = Path(preset)
-    candidate = path if path.suffix == ".toml" or path.exists() else CONFIG_DIR / f"{preset}.toml"
-    if not candidate.is_file():
-        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ConfigError(
-            f"preset {preset!r} not found (looked for {candidate}); "
-            f"built-in presets: {', '.join(names)}"
-        )
-    return candidate
-
-
-def load_preset(preset: str = "default") -> PipelineConfig:
-    """Load a TOML preset by name or path."""
-    path = resolve_preset(preset)
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
-    return from_dict(data, name=data.get("name", path.stem))

@@ -6,17 +6,21 @@ retriever's logits ``z [R, C]`` of the candidates are pushed towards the ranker'
 
     L = pairwise_logit_loss(z, r, mask, weighting) + softmax_weight * L_next_item
 
-``L_next_item`` is the pretraining objective (sampled softmax with logQ correction, same
-negatives, Q and logQ mode) on one of the request's finetune-window listens, drawn at random
-each step; it keeps the full-catalog retrieval geometry that the pairwise term alone, which only
-sees candidates, does not constrain.
+``L_next_item`` is the pretraining objective itself
+(:func:`recmodel.retriever.objective.next_item_loss`: the served logit with its repeat bonus,
+the configured negatives, Q and logQ mode) at the request's position, on one of the request's
+finetune-window listens drawn at random each step; it keeps the full-catalog retrieval
+geometry that the pairwise term alone, which only sees candidates, does not constrain. Both
+terms score from one pass of the encoder.
 
-The run starts from the pretrained weights with the lower finetune learning rates and the
-optimizers of pretraining (:func:`recmodel.retriever.optim.build_optimizer`). Epoch 0 is the starting
-model's validation score (the same evaluation as pretraining) and the best epoch is kept, so
-finetuning never returns a model that validates worse than the one it started from. Requests of
-held-out users (:mod:`recmodel.distill.requests`) are not trained on; the pairwise agreement on them
-is recorded every epoch. One process (no data parallelism): the request set is small.
+The run starts from the pretrained weights with the finetune learning rates and the optimizers
+of pretraining (:func:`recmodel.retriever.optim.build_optimizer`). Epoch 0 is the starting
+model's validation score (the same evaluation as pretraining) and early stopping
+(:class:`recmodel.retriever.fitting.EarlyStopping`) keeps the best epoch, so finetuning never
+returns a model that validates worse than the one it started from. Losses are watched by the
+trainer's :class:`~recmodel.retriever.progress.TrainingMonitor`. Requests of held-out users
+(:mod:`recmodel.distill.requests`) are not trained on; the pairwise agreement on them is
+recorded every epoch. One process (no data parallelism): the request set is small.
 """
 
 from __future__ import annotations
@@ -25,8 +29,6 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -39,7 +41,6 @@ from recmodel.distill.requests import (
     Requests,
     heldout_agreement,
     pair_agreement,
-    request_logits,
     request_targets,
     requests_from_scores,
     split_requests,
@@ -47,24 +48,18 @@ from recmodel.distill.requests import (
 from recmodel.ranker.splits import check_windows
 from recmodel.retriever.batches import last_items
 from recmodel.retriever.checkpoint import load_state, model_config_dict, state_bytes
-from recmodel.retriever.distributed import resolve_device
-from recmodel.retriever.losses import pairwise_logit_loss, sampled_softmax_loss
+from recmodel.retriever.distributed import DistContext, resolve_device
+from recmodel.retriever.fitting import EarlyStopping, TrainResult
+from recmodel.retriever.losses import pairwise_logit_loss
 from recmodel.retriever.model import Retriever
-from recmodel.retriever.negatives import NegativeSampler
+from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
 from recmodel.retriever.optim import build_optimizer
-from recmodel.retriever.train import TrainResult
-from recmodel.retriever.validation import (
-    VAL_METRIC,
-    ValidationSet,
-    evaluate_retriever,
-    validation_set,
-)
+from recmodel.retriever.progress import ProgressFn, TrainingMonitor, format_record
+from recmodel.retriever.validation import VAL_METRIC, evaluate_retriever, validation_set
 
 logger = logging.getLogger(__name__)
 
 WARMUP_SHARE = 0.1  # warm-up is at most this share of the run: the weights are already trained
-
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 def finetune_retriever(
@@ -93,10 +88,13 @@ def finetune_retriever(
         cfg_q: the negative proposal.
         cfg_eval: validation cut-offs and catalog chunk.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a torch device.
-        progress: called after each epoch with its history record.
+        progress: receives the monitor's step records and each epoch's history record.
 
     Returns:
-        :class:`recmodel.retriever.train.TrainResult`; ``history[0]`` is the starting model.
+        :class:`recmodel.retriever.fitting.TrainResult`; ``history[0]`` is the starting model.
+
+    Raises:
+        recmodel.retriever.progress.TrainingError: the loss became NaN or infinite.
     """
     requests = requests_from_scores(ranker_scores)
     check_windows(dataset, requests.users, requests.request_ts)
@@ -108,16 +106,17 @@ def finetune_retriever(
         )
     if isinstance(device, str):
         device = resolve_device(device)
-    sampler = NegativeSampler(
-        item_counts_for_q, cfg_q.alpha, cfg_q.uniform_mix, cfg_q.smoothing
-    ).to(device)
-    valset = validation_set(dataset, train_cfg.eval_users, train_cfg.seed, cfg_eval.filter_seen)
     run = _Finetune(retriever, dataset, (train, held_out), (cfg, train_cfg, cfg_eval), device)
-    return run.fit(sampler, valset, progress)
+    run.candidates = CandidateSampler.from_config(item_counts_for_q, train_cfg, cfg_q).to(device)
+    run.monitor = TrainingMonitor(DistContext(device=device), run.total, run.steps, progress)
+    return run.fit(progress)
 
 
 class _Finetune:
-    """State of one finetuning run."""
+    """State of one finetuning run (its negatives and monitor are set by the caller)."""
+
+    candidates: CandidateSampler
+    monitor: TrainingMonitor
 
     def __init__(
         self,
@@ -128,6 +127,9 @@ class _Finetune:
         device: torch.device,
     ):
         cfg, train_cfg, self.cfg_eval = configs
+        self.valset = validation_set(
+            dataset, train_cfg.eval_users, train_cfg.seed, self.cfg_eval.filter_seen
+        )
         self.cfg, self.train_cfg, self.device = cfg, train_cfg, device
         self.start = time.perf_counter()
         torch.manual_seed(train_cfg.seed)  # dropout
@@ -136,15 +138,15 @@ class _Finetune:
         self.histories = dataset.history(Window.FINETUNE)
         self.train, self.held_out = requests  # (finetuned on, held out for the metrics)
         self.targets = request_targets(dataset, self.train)
-        self.steps_per_epoch = math.ceil(len(self.train) / cfg.batch_size)
-        total = cfg.epochs * self.steps_per_epoch
+        self.steps = math.ceil(len(self.train) / cfg.batch_size)
+        self.total = cfg.epochs * self.steps
         self.optimizer = build_optimizer(
             self.model,
             lr=cfg.lr,
             sparse_lr=cfg.sparse_lr,
             weight_decay=train_cfg.weight_decay,
-            warmup_steps=min(train_cfg.warmup_steps, int(WARMUP_SHARE * total)),
-            total_steps=total,
+            warmup_steps=min(train_cfg.warmup_steps, int(WARMUP_SHARE * self.total)),
+            total_steps=self.total,
             grad_clip=train_cfg.grad_clip,
             fused=device.type == "cuda",
         )
@@ -153,69 +155,55 @@ class _Finetune:
             "finetuning on %d requests (%d held out), %d steps/epoch, %s",
             len(self.train),
             len(self.held_out),
-            self.steps_per_epoch,
+            self.steps,
             device,
         )
 
-    def fit(
-        self, sampler: NegativeSampler, valset: ValidationSet, progress: ProgressFn | None
-    ) -> TrainResult:
+    def fit(self, progress: ProgressFn | None) -> TrainResult:
         """Epoch 0 (the start), then up to ``cfg.epochs`` epochs; keeps the best validated."""
-        self.sampler, self.valset = sampler, valset
-        history = [{"epoch": 0, "loss": math.nan, **self._evaluate()}]
-        best_epoch, best_score = 0, history[0].get(VAL_METRIC, math.nan)
-        best_state, stale = state_bytes(self.model, self.model_config), 0
+        history = [{"epoch": 0, **self._evaluate()}]
+        best = EarlyStopping(self.cfg.patience)
+        best.update(0, history[0].get(VAL_METRIC, math.nan))
+        best.state = state_bytes(self.model, self.model_config)
         for epoch in range(1, self.cfg.epochs + 1):
             record = {"epoch": epoch, **self._train_epoch(epoch), **self._evaluate()}
             history.append(record)
-            logger.info("finetune epoch %d: %s", epoch, record)
+            logger.info("finetune epoch %d: %s", epoch, format_record(record))
             if progress is not None:
                 progress(record)
-            score = record.get(VAL_METRIC, math.nan)
-            if math.isnan(score) or score > best_score:  # NaN: no validation users, keep last
-                best_epoch, best_score, stale = epoch, score, 0
-                best_state = state_bytes(self.model, self.model_config)
-            else:
-                stale += 1
-                if stale >= self.cfg.patience:
-                    break
-        if best_epoch != len(history) - 1:
-            self.model.load_state_dict(load_state(best_state))
+            if best.update(epoch, record.get(VAL_METRIC, math.nan)):
+                best.state = state_bytes(self.model, self.model_config)
+            elif best.stop:
+                break
+        if best.epoch != history[-1]["epoch"]:
+            self.model.load_state_dict(load_state(best.state))
+        seconds = time.perf_counter() - self.start
         return TrainResult(
-            self.model.eval(),
-            history,
-            best_epoch,
-            time.perf_counter() - self.start,
-            best_state,
-            self.model_config,
+            self.model.eval(), history, best.epoch, seconds, best.state, self.model_config
         )
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        start = time.perf_counter()
+        self.monitor.start_epoch()
         rng = np.random.default_rng([self.train_cfg.seed, epoch])
         order = rng.permutation(len(self.train))
-        # loss, pairwise loss, softmax loss, agreeing pairs, pairs: summed on the device, read
-        # once per epoch (no synchronization per step).
-        sums = torch.zeros(5, device=self.device)
-        for i in range(0, len(order), self.cfg.batch_size):
+        # pairwise loss, next-item loss, agreeing pairs, pairs: summed on the device and read
+        # once per epoch (no synchronization per step); the total loss goes to the monitor.
+        sums = torch.zeros(4, device=self.device)
+        for batch, i in enumerate(range(0, len(order), self.cfg.batch_size)):
             rows = order[i : i + self.cfg.batch_size]
-            sums += self._step(self.train.take(rows), self._positives(rows, rng))
-        loss, pair, softmax, agree, pairs = sums.tolist()
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"finetune loss became {loss} in epoch {epoch}")
-        n = self.steps_per_epoch
+            requests = self.train.take(rows)
+            loss, parts = self._step(requests, self._positives(rows, rng))
+            sums += parts
+            self.monitor.record(loss, epoch, batch, len(rows), _describe(requests))
+        pair, softmax, agree, pairs = sums.tolist()
+        record = self.monitor.end_epoch()
         return {
-            "loss": loss / n,
-            "pair_loss": pair / n,
-            "softmax_loss": softmax / n,
+            **record,
+            "pair_loss": pair / self.steps,
+            "softmax_loss": softmax / self.steps,
             "agreement": agree / max(pairs, 1.0),
-            "seconds": time.perf_counter() - start,
         }
-
-    def _ranker_side(self, batch: Requests) -> tuple[torch.Tensor, torch.Tensor]:
-        put = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
-        return put(batch.scores), put(batch.mask)
 
     def _positives(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """int64 ``[B]``: one random finetune-window listen per request (0 where none)."""
@@ -225,46 +213,28 @@ class _Finetune:
         out[counts > 0] = self.targets.items[pick[counts > 0]]
         return out
 
-    def _step(self, batch: Requests, positives: np.ndarray) -> torch.Tensor:
-        """One optimizer step; returns ``[loss, pair, softmax, agreeing pairs, pairs]``."""
-        queries = torch.from_numpy(
-            last_items(self.histories, batch.users, self.model.cfg.max_len)
-        ).to(self.device)
-        items = torch.from_numpy(batch.items).to(self.device)
-        scores, mask = self._ranker_side(batch)
+    def _step(self, batch: Requests, positives: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step: the loss and ``[pair, next-item, agreeing pairs, pairs]``."""
+        put = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        queries = put(last_items(self.histories, batch.users, self.model.cfg.max_len))  # [B, T]
+        items, scores, mask = put(batch.items), put(batch.scores), put(batch.mask)
         self.optimizer.zero_grad()
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-        ):
-            hidden, logits = request_logits(self.model, queries, items)
+        cuda = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
+            hidden = self.model(queries)  # [B, T, D]: one encoder pass for both terms
+            _, logits = self.model.candidate_logits(queries, items, hidden)  # [B, C]
         pair = pairwise_logit_loss(logits.float(), scores, mask, weighting=self.cfg.pair_weighting)
         softmax = torch.zeros((), device=self.device)
         if self.cfg.softmax_weight > 0:
-            softmax = self._next_item_loss(hidden, torch.from_numpy(positives).to(self.device))
+            request = DeviceBatch.at_last_position(queries, put(positives))
+            softmax = next_item_loss(
+                self.model, request, self.candidates, self.generator, self.train_cfg.logq, hidden
+            )
         loss = pair + self.cfg.softmax_weight * softmax
         loss.backward()
         self.optimizer.step()
         agree, pairs = pair_agreement(logits.detach().float(), scores, mask)
-        return torch.stack([loss.detach(), pair.detach(), softmax.detach(), agree, pairs])
-
-    def _next_item_loss(self, hidden: torch.Tensor, pos_ids: torch.Tensor) -> torch.Tensor:
-        """Sampled softmax with logQ correction on the requests' targets (as in pretraining)."""
-        neg_ids, neg_log_q = self.sampler.sample(self.train_cfg.n_negatives, self.generator)
-        with torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-        ):
-            vectors = self.model.item_vectors(torch.cat([pos_ids, neg_ids]))  # [B + M, D]
-            pos_logits = self.model.head.pairwise(hidden, vectors[: len(pos_ids)])  # [B]
-            neg_logits = self.model.head(hidden, vectors[len(pos_ids) :])  # [B, M]
-        return sampled_softmax_loss(
-            pos_logits.float(),
-            neg_logits.float(),
-            pos_ids,
-            neg_ids,
-            self.sampler.log_q[pos_ids],
-            neg_log_q,
-            logq=self.train_cfg.logq,
-        )
+        return loss.detach(), torch.stack([pair.detach(), softmax.detach(), agree, pairs])
 
     def _evaluate(self) -> dict[str, float]:
         start = time.perf_counter()
@@ -278,3 +248,8 @@ class _Finetune:
         )
         out["eval_seconds"] = time.perf_counter() - start
         return out
+
+
+def _describe(requests: Requests):
+    """A describer of a finetune batch for the monitor's error message."""
+    return lambda: f"{len(requests)} requests of users {requests.users[:10].tolist()}"

@@ -18,15 +18,11 @@ a request, which never spans two folds. The users held out for the distillation 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from sklearn.ensemble import HistGradientBoostingClassifier
-from threadpoolctl import threadpool_limits
 
 from recmodel.core.columns import Columns, Window
 from recmodel.core.config import RankerConfig
@@ -40,126 +36,15 @@ from recmodel.ranker.candidates import (
     popular_items,
     relabel_candidates,
 )
+from recmodel.ranker.crossfit import CrossFitted, cross_fit, gbm_threads, make_classifier
 from recmodel.ranker.features import FEATURES, candidate_features
 from recmodel.ranker.quality import IMPORTANCE_ROWS, feature_importance, ranker_quality
-from recmodel.ranker.score_tables import (
-    check_ranker_scores_file,
-    load_ranker_scores,
-    with_original_ids,
-)
-from recmodel.ranker.splits import (
-    WindowLeakError,
-    check_windows,
-    hash_unit,
-    holdout_mask,
-    user_folds,
-)
-
-__all__ = [
-    "CrossFitted",
-    "Ranker",
-    "RankerResult",
-    "WindowLeakError",
-    "build_ranker_scores",
-    "check_ranker_scores_file",
-    "check_windows",
-    "cross_fit",
-    "hash_unit",
-    "load_ranker_scores",
-    "make_classifier",
-    "scores_table",
-    "user_folds",
-    "with_original_ids",
-]
+from recmodel.ranker.splits import check_windows, holdout_mask
 
 logger = logging.getLogger(__name__)
 
 FOLD = "fold"
 LABEL = "label"
-# Below this many rows a tree fit is dominated by OpenMP synchronization, which on a busy
-# machine costs 10x the work itself: fit and predict single-threaded.
-SINGLE_THREAD_ROWS = 100_000
-
-
-def _gbm_threads(n_rows: int) -> AbstractContextManager:
-    """OpenMP thread limit for tree fitting and prediction on ``n_rows`` rows."""
-    return threadpool_limits(limits=1 if n_rows < SINGLE_THREAD_ROWS else None, user_api="openmp")
-
-
-@dataclass
-class CrossFitted:
-    """Fold models: ``models[k]`` was fit on every fold except ``k`` and scores only fold ``k``."""
-
-    models: list[Any]
-    n_folds: int
-    seed: int
-
-    def folds(self, users: np.ndarray) -> np.ndarray:
-        return user_folds(users, self.n_folds, self.seed)
-
-    def score(self, features: np.ndarray, users: np.ndarray) -> np.ndarray:
-        """float64 ``[N]``: log-odds of each row from the model that never saw its user."""
-        folds = self.folds(users)
-        out = np.empty(len(users), dtype=np.float64)
-        with _gbm_threads(len(users)):
-            for k, model in enumerate(self.models):
-                rows = folds == k
-                if rows.any():
-                    out[rows] = model.decision_function(features[rows])
-        return out
-
-
-def cross_fit(
-    features: np.ndarray,
-    labels: np.ndarray,
-    users: np.ndarray,
-    n_folds: int,
-    seed: int,
-    make_model: Callable[[], Any],
-    trainable: np.ndarray | None = None,
-) -> tuple[CrossFitted, np.ndarray]:
-    """Fit one model per fold on the other folds' users; score every row out of fold.
-
-    Args:
-        features: float ``[N, F]``.
-        labels: bool ``[N]``.
-        users: int ``[N]`` user of each row (the unit of the folds).
-        n_folds, seed: the fold hash.
-        make_model: a new unfitted classifier with ``fit`` and ``decision_function``.
-        trainable: bool ``[N]``, rows a model may be fit on (None: all); the others are only
-            scored.
-
-    Returns:
-        The fold models and float64 ``[N]`` out-of-fold scores.
-    """
-    folds = user_folds(users, n_folds, seed)
-    trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
-    models = []
-    for k in range(n_folds):
-        train = (folds != k) & trainable
-        if np.unique(labels[train]).size < 2:
-            raise ValueError(
-                f"ranker fold {k}: the training rows of the other folds hold only one label "
-                f"class ({int(labels[train].sum())} positives in {int(train.sum())} rows); "
-                "the finetune window has too few requests or listens"
-            )
-        model = make_model()
-        with _gbm_threads(int(train.sum())):
-            model.fit(features[train], labels[train])
-        models.append(model)
-    fitted = CrossFitted(models, n_folds, seed)
-    return fitted, fitted.score(features, users)
-
-
-def make_classifier(cfg: RankerConfig) -> HistGradientBoostingClassifier:
-    """The gradient-boosted trees of the ranker (exactly ``max_iter`` trees: no early stop)."""
-    return HistGradientBoostingClassifier(
-        max_iter=cfg.max_iter,
-        learning_rate=cfg.learning_rate,
-        max_leaf_nodes=cfg.max_leaf_nodes,
-        early_stopping=False,
-        random_state=cfg.seed,
-    )
 
 
 @dataclass
@@ -251,7 +136,7 @@ def build_ranker_scores(
     )
     folds = model.folds(cands.row_users)
     quality = ranker_quality(cands, labels, oof, folds, dataset.item_counts)
-    with _gbm_threads(min(len(labels), IMPORTANCE_ROWS)):  # it predicts on a sample
+    with gbm_threads(min(len(labels), IMPORTANCE_ROWS)):  # it predicts on a sample
         quality["importance"] = feature_importance(model, feats, labels, folds, cfg.seed)
     logger.info(
         "ranker: %d requests, %d candidates, held-out AUC %.4f, NDCG@10 %.4f (retriever %.4f)",

@@ -22,7 +22,8 @@ import torch
 import torch.multiprocessing as mp
 
 from recmodel.retriever.checkpoint import load_retriever
-from recmodel.retriever.train import TrainResult, pretrain
+from recmodel.retriever.fitting import TrainResult
+from recmodel.retriever.train import pretrain
 
 log = logging.getLogger(__name__)
 

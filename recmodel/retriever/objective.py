@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recmodel.core.config import QConfig, TrainConfig
 from recmodel.retriever.batches import Step
 from recmodel.retriever.losses import sampled_softmax_loss
 from recmodel.retriever.negatives import NegativeSampler, frequency_log_q
@@ -65,9 +66,25 @@ class DeviceBatch:
             step.n_global,
         )
 
+    @classmethod
+    def at_last_position(cls, inputs: torch.Tensor, targets: torch.Tensor) -> DeviceBatch:
+        """One target per row, predicted from the row's last position (a served request).
+
+        Args:
+            inputs: int64 ``[B, T]`` left-padded windows (the requests' queries).
+            targets: int64 ``[B]`` the item each row should retrieve; 0 = none (row skipped).
+        """
+        b, t = inputs.shape
+        rows = torch.nonzero(targets > 0).flatten()  # [P]
+        kept = targets[rows]
+        return cls(inputs, rows * t + (t - 1), kept, kept, len(kept))
+
 
 class CandidateSampler:
-    """Negatives of a step and the log Q of every candidate (see the module docstring)."""
+    """Negatives of a step and the log Q of every candidate (see the module docstring).
+
+    :meth:`from_config` builds the one every trainer uses from the Q table's counts.
+    """
 
     def __init__(
         self,
@@ -81,6 +98,14 @@ class CandidateSampler:
             raise ValueError(f"negatives must be one of {NEGATIVE_MODES}, got {mode!r}")
         self.mode, self.n_negatives, self.sampler = mode, n_negatives, sampler
         self.freq_log_q = frequency_log_q(counts, smoothing)  # [N + 1]
+
+    @classmethod
+    def from_config(
+        cls, counts: np.ndarray, cfg_train: TrainConfig, cfg_q: QConfig
+    ) -> CandidateSampler:
+        """The negatives ``cfg_train`` asks for, drawn from the Q table's proposal ``cfg_q``."""
+        sampler = NegativeSampler(counts, cfg_q.alpha, cfg_q.uniform_mix, cfg_q.smoothing)
+        return cls(cfg_train.negatives, cfg_train.n_negatives, sampler, counts, cfg_q.smoothing)
 
     def to(self, device: torch.device) -> CandidateSampler:
         self.sampler.to(device)
@@ -142,20 +167,37 @@ def next_item_loss(
     candidates: CandidateSampler,
     generator: torch.Generator,
     logq: str,
+    hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """This rank's share of the global-batch sampled-softmax loss (a scalar).
 
     ``sum over local positions of L_i / n_global``; summed over ranks, the global-batch mean.
-    Runs under bf16 autocast on CUDA; the loss itself is computed in float32.
+    The logits are the served ones: ``<u, v>`` plus the repeat bonus. Runs under bf16 autocast
+    on CUDA; the loss itself is computed in float32.
+
+    Args:
+        model: the retriever.
+        batch: inputs, target positions and targets (:class:`DeviceBatch`).
+        candidates: draws the negatives and gives every candidate's log Q.
+        generator: the negatives' random stream (on the candidates' device).
+        logq: the correction mode (:func:`recmodel.retriever.losses.sampled_softmax_loss`).
+        hidden: ``[B, T, D]`` hidden states of ``batch.inputs`` when the caller already has
+            them (finetuning scores its candidates from the same pass); None encodes here.
     """
     device = batch.inputs.device
+    if batch.n_global == 0:
+        return torch.zeros((), device=device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         neg_ids, neg_log_q, pos_log_q = candidates.draw(
             batch.global_targets, batch.targets, generator
         )
         n_pos = len(batch.targets)
         # vectors: [P + M, D] of the positives, then the negatives
-        hidden, vectors = model.encode(batch.inputs, torch.cat([batch.targets, neg_ids]))
+        ids = torch.cat([batch.targets, neg_ids])
+        if hidden is None:
+            hidden, vectors = model.encode(batch.inputs, ids)
+        else:
+            vectors = model.item_vectors(ids)
         h = hidden.reshape(-1, hidden.shape[-1])[batch.positions]  # [B*T, D] -> [P, D]
         pos_logits = model.head.pairwise(h, vectors[:n_pos])  # [P]
         neg_logits = model.head(h, vectors[n_pos:])  # [P, M]

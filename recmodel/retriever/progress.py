@@ -17,15 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from recmodel.retriever.batches import Step
 from recmodel.retriever.distributed import DistContext, all_reduce_sum
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 50  # steps between progress reports and non-finite loss checks
-USERS_IN_ERROR = 10  # users of a bad batch named in a TrainingError
-
 ProgressFn = Callable[[dict[str, Any]], None]
+"""Receives progress records: every few steps and, with the validation metrics, each epoch."""
 
 
 class TrainingError(FloatingPointError):
@@ -40,31 +38,51 @@ def format_record(record: dict[str, Any]) -> str:
 
 
 class TrainingMonitor:
-    """Deferred non-finite loss checks, throughput and progress reports."""
+    """Deferred non-finite loss checks, throughput and progress reports of one training.
+
+    Args:
+        ctx: the data-parallel group (losses are summed over its ranks before a check).
+        total_steps: steps of the whole run, for the ETA.
+        steps_per_epoch: for the error message.
+        callback: receives the progress records on the main rank (None: the log only).
+    """
 
     def __init__(
         self,
         ctx: DistContext,
         total_steps: int,
         steps_per_epoch: int,
-        window_users: np.ndarray,
         callback: ProgressFn | None,
     ):
         self.ctx, self.total_steps, self.steps_per_epoch = ctx, total_steps, steps_per_epoch
-        self.window_users, self.callback = window_users, callback
-        self.pending: list[tuple[torch.Tensor, int, Step]] = []
+        self.callback = callback
+        self.pending: list[tuple[torch.Tensor, int, int, Callable[[], str]]] = []
         self.steps_done = 0
         self.interval_start = self.epoch_start = time.perf_counter()
         self.interval_positions = 0
         self.epoch_losses: list[float] = []
         self.epoch_positions = 0
 
-    def record(self, loss: torch.Tensor, epoch: int, step: Step) -> None:
-        """Keep a step's loss (on its device) until the next check."""
-        self.pending.append((loss, epoch, step))
+    def record(
+        self,
+        loss: torch.Tensor,
+        epoch: int,
+        batch: int,
+        positions: int,
+        describe: Callable[[], str],
+    ) -> None:
+        """Keep a step's loss (on its device) until the next check.
+
+        Args:
+            loss: this rank's 0-dim loss share of the step.
+            epoch, batch: where the step is (batch index within the epoch).
+            positions: training positions of the step over every rank (throughput).
+            describe: names this rank's batch in an error (called only on a bad loss).
+        """
+        self.pending.append((loss, epoch, batch, describe))
         self.steps_done += 1
-        self.interval_positions += step.n_global
-        self.epoch_positions += step.n_global
+        self.interval_positions += positions
+        self.epoch_positions += positions
         if len(self.pending) >= PROGRESS_EVERY:
             self._flush()
 
@@ -96,14 +114,11 @@ class TrainingMonitor:
         self.pending = []
 
     def _error(self, losses: torch.Tensor, index: int) -> TrainingError:
-        _, epoch, step = self.pending[index]
+        _, epoch, batch, describe = self.pending[index]
         step_number = self.steps_done - len(self.pending) + index + 1
-        users = self.window_users[step.local.windows][:USERS_IN_ERROR].tolist()
         return TrainingError(
             f"training loss is {float(losses[index])} at step {step_number} (epoch {epoch}, "
-            f"batch {step.index} of {self.steps_per_epoch}); this rank's batch has "
-            f"{len(step.local.windows)} windows, {len(step.local.positions)} positions, "
-            f"users {users}"
+            f"batch {batch} of {self.steps_per_epoch}); this rank's batch has {describe()}"
         )
 
     def _report(self, loss: float, epoch: int) -> None:

@@ -11,11 +11,11 @@ Progress reports and non-finite loss checks live in :mod:`recmodel.retriever.pro
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,43 +33,17 @@ from recmodel.retriever.distributed import (
     init_distributed,
     shutdown,
 )
+from recmodel.retriever.fitting import EarlyStopping, TrainResult
 from recmodel.retriever.model import Retriever
-from recmodel.retriever.negatives import NegativeSampler
 from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
 from recmodel.retriever.optim import RetrieverOptimizer, build_optimizer
-from recmodel.retriever.progress import ProgressFn, TrainingError, TrainingMonitor, format_record
+from recmodel.retriever.progress import ProgressFn, TrainingMonitor, format_record
 from recmodel.retriever.train_state import TrainStateStore
 from recmodel.retriever.validation import VAL_METRIC, evaluate_retriever, validation_set
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "TrainingError", "build_model", "pretrain", "train_step"]
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`pretrain`.
-
-    Attributes:
-        model: the best model (by validation NDCG@10), on the training device, in eval mode.
-        history: one dict per epoch: ``epoch``, ``loss``, the validation summary metrics
-            (``ndcg@10``, ``recall@10``, ...), ``seconds``, ``eval_seconds``,
-            ``positions_per_s``.
-        best_epoch: index of the epoch whose weights are kept.
-        seconds: wall time of the whole call.
-        checkpoint: safetensors bytes of the best weights (empty on ranks other than 0).
-        model_config: :func:`recmodel.retriever.checkpoint.model_config_dict` of the model.
-        resumed_from: ``{"epoch", "step"}`` where this call continued a saved training state,
-            None when it started from scratch.
-    """
-
-    model: Retriever
-    history: list[dict[str, Any]]
-    best_epoch: int
-    seconds: float
-    checkpoint: bytes
-    model_config: dict[str, Any] = field(default_factory=dict)
-    resumed_from: dict[str, int] | None = None
+USERS_IN_ERROR = 10  # users of a bad batch named in a TrainingError
 
 
 def pretrain(
@@ -167,28 +141,6 @@ def train_step(
     return loss.detach()
 
 
-@dataclass
-class _Best:
-    """Early-stopping state: the best epoch so far and its weights."""
-
-    epoch: int = -1
-    score: float = -math.inf
-    state: bytes = b""  # safetensors bytes of the best weights (rank 0 only)
-    stale: int = 0  # epochs since the last improvement
-
-    def update(self, epoch: int, score: float) -> bool:
-        """Record ``epoch``'s validation score; True when it is the new best.
-
-        Without validation users the score is NaN and every epoch counts as an improvement,
-        so the last one is kept.
-        """
-        if math.isnan(score) or score > self.score:
-            self.epoch, self.score, self.stale = epoch, score, 0
-            return True
-        self.stale += 1
-        return False
-
-
 class _Run:
     """State of one pretraining run (the model, its data, optimizer and monitors)."""
 
@@ -208,7 +160,7 @@ class _Run:
         self.ctx, self.cfg, self.cfg_eval = ctx, cfg_train, cfg_eval
         self.store = state_store
         self.history: list[dict[str, Any]] = []
-        self.best = _Best()
+        self.best = EarlyStopping(cfg_train.patience)
         self.stopped = False  # early stopping ended the training
         self.start = time.perf_counter()
         self.model = build_model(dataset.items, cfg_model, cfg_train.seed, init_state, ctx)
@@ -217,10 +169,7 @@ class _Run:
         self.batcher = WindowBatcher(
             windows, cfg_train.batch_size, cfg_train.seed, ctx.rank, ctx.world_size
         )
-        sampler = NegativeSampler(counts, cfg_q.alpha, cfg_q.uniform_mix, cfg_q.smoothing)
-        self.candidates = CandidateSampler(
-            cfg_train.negatives, cfg_train.n_negatives, sampler, counts, cfg_q.smoothing
-        ).to(ctx.device)
+        self.candidates = CandidateSampler.from_config(counts, cfg_train, cfg_q).to(ctx.device)
         self.generator = torch.Generator(device=ctx.device).manual_seed(cfg_train.seed)
         total_steps = cfg_train.epochs * len(self.batcher)
         self.optimizer = build_optimizer(
@@ -238,9 +187,8 @@ class _Run:
             if ctx.is_main
             else None
         )
-        self.monitor = TrainingMonitor(
-            ctx, total_steps, len(self.batcher), windows.users, progress if ctx.is_main else None
-        )
+        self.progress = progress if ctx.is_main else None
+        self.monitor = TrainingMonitor(ctx, total_steps, len(self.batcher), self.progress)
         logger.info(
             "pretraining: %d windows, %d positions, %d steps/epoch, %d parameters, %s",
             len(windows),
@@ -261,10 +209,12 @@ class _Run:
             record.update(self._validate())
             history.append(record)
             logger.info("epoch %d: %s", epoch, format_record(record))
+            if self.progress is not None:
+                self.progress(record)
             if best.update(epoch, record.get(VAL_METRIC, math.nan)):
                 best.state = state_bytes(self.model, self.model_config) if self.ctx.is_main else b""
             else:
-                self.stopped = best.stale >= self.cfg.patience
+                self.stopped = best.stop
             if self.store is not None:
                 self.store.save_epoch(self, epoch)
             if self.stopped:
@@ -294,7 +244,8 @@ class _Run:
                 self.cfg.logq,
                 self.ctx,
             )
-            self.monitor.record(loss, epoch, step)
+            describe = functools.partial(describe_step, step, self.batcher.windows.users)
+            self.monitor.record(loss, epoch, step.index, step.n_global, describe)
             if self.store is not None:
                 self.store.maybe_save(self, epoch, step.index + 1)
         return {"epoch": epoch, **self.monitor.end_epoch()}
@@ -316,3 +267,11 @@ class _Run:
         if self.ctx.is_main:
             self.model.load_state_dict(load_state(best_state))
         broadcast_state(self.model, self.ctx)
+
+
+def describe_step(step: Step, window_users: np.ndarray) -> str:
+    """This rank's share of a step, for an error message: sizes and the first users."""
+    users = window_users[step.local.windows][:USERS_IN_ERROR].tolist()
+    return (
+        f"{len(step.local.windows)} windows, {len(step.local.positions)} positions, users {users}"
+    )

@@ -28,7 +28,8 @@ import torch
 from recmodel.core.columns import Columns
 from recmodel.core.dataset_io import CODE_COLUMNS
 from recmodel.retriever.checkpoint import load_state
-from recmodel.retriever.model import META_FIELDS, Retriever
+from recmodel.retriever.model import Retriever
+from recmodel.retriever.tower import META_FIELDS
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recmodel.core.config import PipelineConfig, from_dict
+from recmodel.core.config import PipelineConfig
+from recmodel.core.presets import from_dict
 from recmodel.core.sql import connect
 from recmodel.core.tables import TableRef, publish, run_table_root, write_table
 

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recmodel.core.config import PipelineConfig, load_preset
+from recmodel.core.config import PipelineConfig
+from recmodel.core.presets import load_preset
 from recmodel.core.tables import TableRef, local_path, read_table
 from recmodel.ingest.checks import validate_source
 from recmodel.ingest.extract import extract

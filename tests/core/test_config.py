@@ -1,6 +1,7 @@
 import pytest
 
-from recmodel.core.config import ConfigError, PipelineConfig, from_dict, load_preset
+from recmodel.core.config import ConfigError, PipelineConfig
+from recmodel.core.presets import from_dict, load_preset
 
 
 @pytest.mark.parametrize("name", ["tiny", "default", "large"])

@@ -29,9 +29,11 @@ from recmodel.distill.requests import (
     split_requests,
 )
 from recmodel.ranker.candidates import finetune_requests
-from recmodel.ranker.model import WindowLeakError, build_ranker_scores, user_folds
+from recmodel.ranker.model import build_ranker_scores
+from recmodel.ranker.splits import WindowLeakError, user_folds
 from recmodel.retriever.checkpoint import load_retriever
 from recmodel.retriever.model import Retriever
+from recmodel.retriever.progress import TrainingError
 from recmodel.retriever.validation import evaluate_retriever, validation_set
 from tests.helpers.ranker_data import FakeRetriever, dataset_from_events, toy_dataset, toy_items
 from tests.helpers.retriever_data import one_thread
@@ -168,7 +170,7 @@ def toy():
 def test_finetune_moves_the_retriever_toward_the_rankers_order(toy):
     ds, start, _, result = toy
     history = result.history
-    assert history[0]["epoch"] == 0 and math.isnan(history[0]["loss"])
+    assert history[0]["epoch"] == 0 and "loss" not in history[0]  # the start: nothing trained
     assert len(history) == FINETUNE.epochs + 1
     # Held-out users' requests: never trained on, yet ordered more like the ranker.
     assert history[-1]["heldout_agreement"] > history[0]["heldout_agreement"] + 0.15
@@ -222,7 +224,8 @@ def test_finetune_never_reads_the_test_window(toy):
     )
 
     def strip(history):
-        return [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in history]
+        timings = ("seconds", "_per_s")
+        return [{k: v for k, v in h.items() if not k.endswith(timings)} for h in history]
 
     # Losses, agreements and validation metrics of every epoch: the whole run is unchanged.
     assert strip(again.history) == strip(result.history)
@@ -333,3 +336,16 @@ def test_two_stage_ndcg_is_the_retrievers_top_k_reranked(toy):
         total, n = total + dcg / idcg, n + 1
     assert out["two_stage_ndcg@10"] == pytest.approx(total / n)
     assert out["two_stage_ndcg@10"] >= out["retriever_ndcg@10"]
+
+
+def test_a_non_finite_loss_is_the_trainers_error_naming_the_batch(toy, monkeypatch):
+    ds, start, scores, _ = toy
+
+    def broken(z, r, mask, weighting):
+        return torch.full((), float("nan"), requires_grad=True)
+
+    monkeypatch.setattr(recmodel.distill.finetune, "pairwise_logit_loss", broken)
+    with pytest.raises(TrainingError, match=r"nan at step 1 \(epoch 1, batch 0 of \d+\).*users"):
+        finetune_retriever(
+            start, ds, scores, FINETUNE, TRAIN, ds.item_counts, Q, EVAL, device="cpu"
+        )

@@ -87,7 +87,7 @@ def train(dataset, store=None, fail=None, cfg=TRAIN):
 
 def fail_when(key, value):
     def report(info):
-        if info[key] == value:
+        if info.get(key) == value:  # step records; the epoch rows have no "step"
             raise Interrupt(f"{key}={value}")
 
     return report

@@ -23,24 +23,16 @@ from recmodel.ranker.candidates import (
     popular_items,
     relabel_candidates,
 )
+from recmodel.ranker.crossfit import cross_fit, make_classifier
 from recmodel.ranker.features import FEATURES, candidate_features
-from recmodel.ranker.model import (
-    FOLD,
-    LABEL,
-    WindowLeakError,
-    build_ranker_scores,
-    check_windows,
-    cross_fit,
-    make_classifier,
-    user_folds,
-)
+from recmodel.ranker.model import FOLD, LABEL, build_ranker_scores
 from recmodel.ranker.quality import candidate_ndcg
 from recmodel.ranker.score_tables import (
     check_ranker_scores_file,
     load_ranker_scores,
     with_original_ids,
 )
-from recmodel.ranker.splits import holdout_mask
+from recmodel.ranker.splits import WindowLeakError, check_windows, holdout_mask, user_folds
 from tests.helpers.ranker_data import FakeRetriever, dataset_from_events, toy_dataset
 
 CFG = RankerConfig(n_candidates=8, n_popular_candidates=4, max_iter=20, max_leaf_nodes=7)

@@ -1,0 +1,105 @@
+"""Cross-fitting: each user's ranker score comes from a model that never saw that user's labels.
+
+Users are split into ``n_folds`` folds by a deterministic hash of ``user_idx``
+(:func:`recmodel.ranker.splits.user_folds`); model ``k`` is fit on the rows of every fold but
+``k`` and scores only fold ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
+
+from recmodel.core.config import RankerConfig
+from recmodel.ranker.splits import user_folds
+
+# Below this many rows a tree fit is dominated by OpenMP synchronization, which on a busy
+# machine costs 10x the work itself: fit and predict single-threaded.
+SINGLE_THREAD_ROWS = 100_000
+
+
+def gbm_threads(n_rows: int) -> AbstractContextManager:
+    """OpenMP thread limit for tree fitting and prediction on ``n_rows`` rows."""
+    return threadpool_limits(limits=1 if n_rows < SINGLE_THREAD_ROWS else None, user_api="openmp")
+
+
+@dataclass
+class CrossFitted:
+    """Fold models: ``models[k]`` was fit on every fold except ``k`` and scores only fold ``k``."""
+
+    models: list[Any]
+    n_folds: int
+    seed: int
+
+    def folds(self, users: np.ndarray) -> np.ndarray:
+        return user_folds(users, self.n_folds, self.seed)
+
+    def score(self, features: np.ndarray, users: np.ndarray) -> np.ndarray:
+        """float64 ``[N]``: log-odds of each row from the model that never saw its user."""
+        folds = self.folds(users)
+        out = np.empty(len(users), dtype=np.float64)
+        with gbm_threads(len(users)):
+            for k, model in enumerate(self.models):
+                rows = folds == k
+                if rows.any():
+                    out[rows] = model.decision_function(features[rows])
+        return out
+
+
+def cross_fit(
+    features: np.ndarray,
+    labels: np.ndarray,
+    users: np.ndarray,
+    n_folds: int,
+    seed: int,
+    make_model: Callable[[], Any],
+    trainable: np.ndarray | None = None,
+) -> tuple[CrossFitted, np.ndarray]:
+    """Fit one model per fold on the other folds' users; score every row out of fold.
+
+    Args:
+        features: float ``[N, F]``.
+        labels: bool ``[N]``.
+        users: int ``[N]`` user of each row (the unit of the folds).
+        n_folds, seed: the fold hash.
+        make_model: a new unfitted classifier with ``fit`` and ``decision_function``.
+        trainable: bool ``[N]``, rows a model may be fit on (None: all); the others are only
+            scored.
+
+    Returns:
+        The fold models and float64 ``[N]`` out-of-fold scores.
+    """
+    folds = user_folds(users, n_folds, seed)
+    trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
+    models = []
+    for k in range(n_folds):
+        train = (folds != k) & trainable
+        if np.unique(labels[train]).size < 2:
+            raise ValueError(
+                f"ranker fold {k}: the training rows of the other folds hold only one label "
+                f"class ({int(labels[train].sum())} positives in {int(train.sum())} rows); "
+                "the finetune window has too few requests or listens"
+            )
+        model = make_model()
+        with gbm_threads(int(train.sum())):
+            model.fit(features[train], labels[train])
+        models.append(model)
+    fitted = CrossFitted(models, n_folds, seed)
+    return fitted, fitted.score(features, users)
+
+
+def make_classifier(cfg: RankerConfig) -> HistGradientBoostingClassifier:
+    """The gradient-boosted trees of the ranker (exactly ``max_iter`` trees: no early stop)."""
+    return HistGradientBoostingClassifier(
+        max_iter=cfg.max_iter,
+        learning_rate=cfg.learning_rate,
+        max_leaf_nodes=cfg.max_leaf_nodes,
+        early_stopping=False,
+        random_state=cfg.seed,
+    )
