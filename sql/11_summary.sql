@@ -4,6 +4,8 @@
 -- Columns: stage VARCHAR, window TINYINT, events BIGINT, users BIGINT, items BIGINT,
 --          sessions BIGINT (NULL where not counted: sessions only on the final stage as a whole).
 -- Users and items are not counted on the raw rows (not yet deduplicated) nor on the skips.
+-- The requests rows count, per window after pretrain, the users with events in the window and
+-- history before it (in the users column): whom the window can judge or train on.
 -- The listen, skip, sessionized, split and filtered rows were counted by sql/counts/ right
 -- after their stage, so that each stage's table could be dropped after its last reader.
 with
@@ -85,6 +87,28 @@ final_all as (
     from final_events
 ),
 
+user_windows as (
+    select distinct user_idx, "window" from final_events
+),
+
+user_first as (
+    select user_idx, min("window") as first_window from user_windows group by user_idx
+),
+
+requests as (
+    select
+        'requests' as stage,
+        user_windows."window",
+        cast(null as bigint) as events,
+        count(*) as users,
+        cast(null as bigint) as items,
+        cast(null as bigint) as sessions
+    from user_windows
+    inner join user_first on user_first.user_idx = user_windows.user_idx
+    where user_windows."window" > user_first.first_window
+    group by user_windows."window"
+),
+
 final as (
     select * from raw
     union all select * from raw_complete
@@ -95,6 +119,7 @@ final as (
     union all select * from filtered_events_counts
     union all select * from final_windows
     union all select * from final_all
+    union all select * from requests
 )
 
 select * from final

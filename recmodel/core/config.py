@@ -1,16 +1,21 @@
-"""Typed configuration: one frozen dataclass per stage, loaded from a TOML preset (:mod:`recmodel.core.presets`).
+"""Typed configuration: one frozen dataclass per stage, loaded by :mod:`recmodel.core.presets`.
 
 A preset is a TOML file with one table per stage (``[synthetic]``, ``[extract]``, ...). Keys
-that a preset leaves out keep the defaults written here; unknown keys are an error, so a typo
-never silently falls back to a default.
+that a preset leaves out keep the defaults written here. Every section checks its own values
+when it is built: each number against its range (``LIMITS``), each word against its choices
+(``CHOICES``), and the rules that tie fields together; :mod:`recmodel.core.presets` checks the
+types and names before that. A run therefore stops in ``start`` on any bad setting, with the
+key, the value and the rule in the message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
@@ -22,16 +27,89 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+_LIMIT = re.compile(r"^(>=|>|<=|<)(-?[\d.e]+)$|^([\[(])(-?[\d.e]+),(-?[\d.e]+)([\])])$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
+_UNITS |= {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+MIN_MEMORY_BYTES = 100e6  # below this DuckDB cannot run the extraction at any data size
+
+
+def within(value: float, limit: str) -> bool:
+    """``value`` satisfies ``limit``: ``">0"``, ``">=1"``, ``"[0,1]"``, ``"(0,1)"``, ``"[0,1)"``."""
+    match = _LIMIT.match(limit)
+    if match is None:
+        raise ValueError(f"malformed limit {limit!r}")
+    if match.group(1):
+        op, bound = match.group(1), float(match.group(2))
+        return {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[
+            op
+        ]
+    lo, hi = float(match.group(4)), float(match.group(5))
+    above = value >= lo if match.group(3) == "[" else value > lo
+    below = value <= hi if match.group(6) == "]" else value < hi
+    return above and below
+
+
+def memory_bytes(text: str) -> float | None:
+    """Bytes of a DuckDB size such as ``"4GB"`` or ``"512 MiB"``; None when it is not one."""
+    match = _SIZE.match(text)
+    return None if match is None else float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 @dataclass(frozen=True)
-class SyntheticConfig:
+class Section:
+    """A config section: checks its numbers, words and cross-field rules when built.
+
+    Subclasses set ``SECTION`` (its name in presets), ``LIMITS`` (field -> range, for every
+    number and every element of a tuple of numbers) and ``CHOICES`` (field -> allowed words),
+    and may add rules in :meth:`_check_rules`.
+    """
+
+    SECTION: ClassVar[str] = ""
+    LIMITS: ClassVar[dict[str, str]] = {}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, limit in self.LIMITS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            _check(
+                len(values) > 0 and all(within(v, limit) and math.isfinite(v) for v in values),
+                f"{self.SECTION}.{name} must be {limit}, got {value!r}",
+            )
+        for name, choices in self.CHOICES.items():
+            value = getattr(self, name)
+            _check(
+                value in choices,
+                f"{self.SECTION}.{name} must be one of {', '.join(choices)}; got {value!r}",
+            )
+        self._check_rules()
+
+    def _check_rules(self) -> None:
+        """Rules that tie fields together (none by default)."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig(Section):
     """Size and shape of the built-in synthetic music-streaming log."""
+
+    SECTION: ClassVar[str] = "synthetic"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "n_users": ">=1", "n_tracks": ">=1", "n_artists": ">=1", "n_genres": ">=1",
+        "days": ">0", "sessions_per_user_per_day": ">0", "mean_session_length": ">=1",
+        "acoustic_dim": ">=1", "zipf_exponent": ">=0", "row_group_size": ">=1",
+        "mean_album_size": ">=1", "new_user_share": "[0,1]", "activity_sigma": ">=0",
+        "n_favourite_artists": ">=1", "n_favourite_tracks": ">=1",
+        "favourite_lifetime_days": ">0", "taste_drift": "[0,1]", "missing_share": "[0,1]",
+        "n_scenes": ">=1", "bursts": ">=1", "burst_gap_days": ">=0", "user_span_days": ">=0",
+    }  # fmt: skip
 
     seed: int = 0
     n_users: int = 2_000  # listeners
     n_tracks: int = 5_000  # catalog size
     n_artists: int = 500  # each artist owns a Zipf share of the catalog
     n_genres: int = 12
-    days: float = 60.0  # time span of the log
+    days: float = 60.0  # time span of the log (of its active days, with bursts)
     sessions_per_user_per_day: float = 0.5  # mean; per-user activity is log-normal around it
     mean_session_length: float = 12.0  # tracks per session (geometric)
     acoustic_dim: int = 8  # length of the acoustic embedding vector
@@ -46,38 +124,37 @@ class SyntheticConfig:
     taste_drift: float = 0.5  # share of genre taste that moves to a second profile by the end
     missing_share: float = 0.03  # share of tracks lacking each of genre, tempo, embedding
     n_scenes: int = 20  # listener communities sharing genres and followed artists (CF structure)
+    # Shapes of real logs (recmodel.synthetic.shapes); the defaults leave the log as simulated.
+    bursts: int = 1  # the days are cut into this many bursts ...
+    burst_gap_days: float = 0.0  # ... with this many silent days between two bursts
+    relisten: bool = True  # False: a user plays a track once at most (a rating-like log)
+    play_signal: bool = True  # False: no played_ratio_pct (every event a positive, as ratings)
+    user_span_days: float = 0.0  # > 0: a user is active this many days after its first play
+    item_fields: tuple[str, ...] = ("artist_id", "album_id", "genre", "tempo", "embedding")
 
-    def __post_init__(self) -> None:
-        _check(
-            self.n_users > 0 and self.n_tracks > 0, "synthetic: n_users and n_tracks must be > 0"
-        )
-        _check(0 < self.n_artists <= self.n_tracks, "synthetic: need 0 < n_artists <= n_tracks")
-        _check(self.n_genres > 0 and self.days > 0, "synthetic: n_genres and days must be > 0")
-        _check(
-            self.sessions_per_user_per_day > 0 and self.mean_session_length >= 1,
-            "synthetic: need sessions_per_user_per_day > 0 and mean_session_length >= 1",
-        )
-        _check(
-            self.acoustic_dim >= 1 and self.row_group_size >= 1 and self.mean_album_size >= 1,
-            "synthetic: acoustic_dim, row_group_size and mean_album_size must be >= 1",
-        )
-        _check(
-            min(self.n_favourite_artists, self.n_favourite_tracks, self.n_scenes) >= 1,
-            "synthetic: n_favourite_artists, n_favourite_tracks and n_scenes must be >= 1",
-        )
-        _check(
-            self.favourite_lifetime_days > 0 and self.activity_sigma >= 0,
-            "synthetic: need favourite_lifetime_days > 0 and activity_sigma >= 0",
-        )
-        _check(
-            all(0 <= x <= 1 for x in (self.new_user_share, self.taste_drift, self.missing_share)),
-            "synthetic: new_user_share, taste_drift and missing_share must be in [0, 1]",
-        )
+    def _check_rules(self) -> None:
+        _check(self.n_artists <= self.n_tracks, "synthetic: need n_artists <= n_tracks")
+        known = ("artist_id", "album_id", "genre", "tempo", "embedding")
+        unknown = sorted(set(self.item_fields) - set(known))
+        _check(not unknown, f"synthetic.item_fields: unknown {unknown}; choose from {known}")
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(Section):
     """Cleaning, sessionization, filtering and the split (DESIGN.md §3)."""
+
+    SECTION: ClassVar[str] = "extract"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "listen_threshold_pct": "[0,100]", "session_gap_minutes": ">0",
+        "min_user_events": ">=1", "min_item_events": ">=1", "test_share": "(0,1)",
+        "val_share": "(0,1)", "finetune_share": "(0,1)", "test_days": ">0", "val_days": ">0",
+        "finetune_days": ">0", "gap_minutes": ">=0", "loo_finetune_events": ">=0",
+        "min_window_users": ">=0", "tempo_buckets": ">=1", "history_days": ">=0", "threads": ">=1",
+    }  # fmt: skip
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "protocol": ("temporal", "leave_last_out"),
+        "split_by": ("events", "days"),
+    }
 
     listen_threshold_pct: float = 50.0  # played_ratio_pct >= this counts as listen+
     drop_consecutive_repeats: bool = False  # collapse A,A,A into A within a session
@@ -85,34 +162,33 @@ class ExtractConfig:
     min_user_events: int = 5  # users with fewer pre-test listen+ events are dropped
     min_item_events: int = 2  # tracks with fewer pre-test listen+ events are dropped
     protocol: str = "temporal"  # "temporal" (global time split) or "leave_last_out"
-    test_days: float = 7.0  # temporal: length of the test window at the end of the log
-    val_days: float = 3.5  # temporal: validation window just before test
-    finetune_days: float = 7.0  # temporal: ranker/distillation window before validation
+    # temporal: "events" cuts the windows by share of the listen+ events, so they follow the
+    # log's own activity (gaps of months, bursts of days); "days" gives them fixed lengths.
+    split_by: str = "events"
+    test_share: float = 0.13  # split_by = "events": the latest share of listen+ events is test
+    val_share: float = 0.07  # ... the share before it validation
+    finetune_share: float = 0.13  # ... and the share before that the ranker/distillation window
+    test_days: float = 7.0  # split_by = "days": length of the test window at the end of the log
+    val_days: float = 3.5  # ... the validation window just before it
+    finetune_days: float = 7.0  # ... the ranker/distillation window before validation
     gap_minutes: float = 30.0  # temporal: events this close after a window start are dropped
     loo_finetune_events: int = 3  # leave_last_out: events per user in the finetune window
-    min_test_users: int = 10  # fewer test users than this is an error
+    # Fewer requests (users with events in the window and history before it) than this in the
+    # finetune, validation or test window is an error of extract_sessions (0: no check).
+    min_window_users: int = 10
     tempo_buckets: int = 16  # quantile buckets of tempo (0 = unknown)
     cut_time: str = ""  # ISO time: events after it are ignored (a retrain's "now"); "" = log end
     history_days: float = 0.0  # rolling window: only the last N days up to the cut; 0 = all
     memory_limit: str = "4GB"  # DuckDB memory limit; it spills to disk beyond it
     threads: int = 2  # DuckDB threads
 
-    def __post_init__(self) -> None:
+    def _check_rules(self) -> None:
+        shares = self.test_share + self.val_share + self.finetune_share
         _check(
-            self.protocol in ("temporal", "leave_last_out"),
-            f"extract.protocol must be 'temporal' or 'leave_last_out', got {self.protocol!r}",
+            shares < 0.9,
+            f"extract: test_share + val_share + finetune_share = {shares:.3g} leaves too little "
+            "for the pretrain window; keep the sum below 0.9",
         )
-        _check(
-            0 <= self.listen_threshold_pct <= 100,
-            "extract.listen_threshold_pct must be in [0, 100]",
-        )
-        _check(self.session_gap_minutes > 0, "extract.session_gap_minutes must be > 0")
-        _check(
-            min(self.test_days, self.val_days, self.finetune_days) > 0,
-            "extract: test_days, val_days and finetune_days must be > 0",
-        )
-        _check(self.gap_minutes >= 0, "extract.gap_minutes must be >= 0")
-        _check(self.history_days >= 0, "extract.history_days must be >= 0")
         if self.cut_time:
             try:
                 datetime.fromisoformat(self.cut_time)
@@ -121,29 +197,39 @@ class ExtractConfig:
                     f"extract.cut_time {self.cut_time!r} is not an ISO time, "
                     "e.g. 2024-03-01T00:00:00+00:00"
                 ) from exc
+        size = memory_bytes(self.memory_limit)
         _check(
-            self.min_user_events >= 1 and self.min_item_events >= 1,
-            "extract: min_user_events and min_item_events must be >= 1",
+            size is not None,
+            f"extract.memory_limit {self.memory_limit!r} is not a size; write e.g. '4GB' or '512MB'",
+        )
+        _check(
+            size >= MIN_MEMORY_BYTES,
+            f"extract.memory_limit {self.memory_limit!r} is below 100MB: DuckDB cannot extract "
+            "with it; give it at least '1GB' (it spills to disk beyond the limit)",
         )
 
 
 @dataclass(frozen=True)
-class QConfig:
+class QConfig(Section):
     """The item frequency table Q and the negative-sampling proposal drawn from it."""
+
+    SECTION: ClassVar[str] = "q"
+    LIMITS: ClassVar[dict[str, str]] = {"smoothing": ">0", "alpha": "[0,1]", "uniform_mix": "[0,1]"}
 
     smoothing: float = 1.0  # additive count smoothing: every item has q > 0
     alpha: float = 1.0  # proposal ~ count^alpha (1 = frequency, 0 = uniform)
     uniform_mix: float = 0.05  # share of the proposal mass spread uniformly
 
-    def __post_init__(self) -> None:
-        _check(self.smoothing > 0, "q.smoothing must be > 0 so that every item has q > 0")
-        _check(0 <= self.alpha <= 1, "q.alpha must be in [0, 1]")
-        _check(0 <= self.uniform_mix <= 1, "q.uniform_mix must be in [0, 1]")
-
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """SASRec-style causal transformer with a metadata-enriched item tower."""
+
+    SECTION: ClassVar[str] = "model"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "d_model": ">=1", "n_blocks": ">=1", "n_heads": ">=1", "max_len": ">=2",
+        "dropout": "[0,1)", "id_dim": ">=1", "meta_dim": ">=1", "temperature": ">0",
+    }  # fmt: skip
 
     d_model: int = 64  # hidden size
     n_blocks: int = 2  # transformer blocks
@@ -156,15 +242,25 @@ class ModelConfig:
     temperature: float = 1.0  # logits are divided by this (use < 1 with normalize)
     repeat_aware: bool = True  # learned bonus for tracks already in the input window
 
-    def __post_init__(self) -> None:
+    def _check_rules(self) -> None:
         _check(self.d_model % self.n_heads == 0, "model.d_model must be divisible by model.n_heads")
-        _check(self.max_len >= 2, "model.max_len must be >= 2")
-        _check(self.temperature > 0, "model.temperature must be > 0")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """Pretraining with sampled softmax (and the no-logQ baseline, which shares it)."""
+
+    SECTION: ClassVar[str] = "train"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "epochs": ">=1", "batch_size": ">=1", "lr": ">0", "sparse_lr": ">=0",
+        "weight_decay": ">=0", "warmup_steps": ">=0", "grad_clip": ">=0", "n_negatives": ">=1",
+        "patience": ">=1", "eval_users": ">=0", "threads": ">=0", "processes": ">=0",
+    }  # fmt: skip
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "negatives": ("shared", "in_batch", "both"),
+        "logq": ("all", "none", "negatives_only"),
+        "device": ("auto", "cpu", "cuda"),
+    }
 
     seed: int = 0
     epochs: int = 10  # upper bound; early stopping on validation NDCG@10 usually ends sooner
@@ -173,7 +269,7 @@ class TrainConfig:
     sparse_lr: float = 1e-2  # lazy (sparse) optimizer for the item-id embedding table
     weight_decay: float = 0.01
     warmup_steps: int = 100
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0 = no clipping
     n_negatives: int = 256  # shared sampled negatives per batch
     negatives: str = "shared"  # "shared", "in_batch" or "both"
     logq: str = "all"  # "all", "none" or "negatives_only"
@@ -183,24 +279,16 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = cores / 2, as two trainings run side by side
     processes: int = 0  # data-parallel workers in the step; 0 = one per visible GPU (1 on CPU)
 
-    def __post_init__(self) -> None:
-        _check(
-            self.negatives in ("shared", "in_batch", "both"),
-            f"train.negatives must be shared, in_batch or both, got {self.negatives!r}",
-        )
-        _check(
-            self.logq in ("all", "none", "negatives_only"),
-            f"train.logq must be all, none or negatives_only, got {self.logq!r}",
-        )
-        _check(
-            self.epochs >= 1 and self.batch_size >= 1, "train: epochs and batch_size must be >= 1"
-        )
-        _check(self.n_negatives >= 1, "train.n_negatives must be >= 1")
-
 
 @dataclass(frozen=True)
-class RankerConfig:
+class RankerConfig(Section):
     """The built-in ranker whose scores the retriever is distilled from."""
+
+    SECTION: ClassVar[str] = "ranker"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "n_candidates": ">=1", "n_popular_candidates": ">=0", "n_folds": ">=2",
+        "max_iter": ">=1", "learning_rate": ">0", "max_leaf_nodes": ">=2",
+    }  # fmt: skip
 
     n_candidates: int = 100  # retriever top-K per request (plus popular/ALS candidates)
     n_popular_candidates: int = 20
@@ -212,8 +300,15 @@ class RankerConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Section):
     """Pairwise logit-loss distillation of the ranker into the retriever."""
+
+    SECTION: ClassVar[str] = "finetune"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "epochs": ">=0", "batch_size": ">=1", "lr": ">0", "sparse_lr": ">=0",
+        "softmax_weight": ">=0", "patience": ">=1",
+    }  # fmt: skip
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"pair_weighting": ("none", "rank_gap")}
 
     epochs: int = 4
     batch_size: int = 32  # requests per step
@@ -223,17 +318,17 @@ class FinetuneConfig:
     softmax_weight: float = 0.5  # weight of the next-item sampled-softmax term on the requests
     patience: int = 2
 
-    def __post_init__(self) -> None:
-        _check(
-            self.pair_weighting in ("none", "rank_gap"),
-            "finetune.pair_weighting must be 'none' or 'rank_gap'",
-        )
-        _check(self.softmax_weight >= 0, "finetune.softmax_weight must be >= 0")
-
 
 @dataclass(frozen=True)
-class BaselinesConfig:
+class BaselinesConfig(Section):
     """Classic baselines: popularity, the user's own favourites, item-kNN and implicit ALS."""
+
+    SECTION: ClassVar[str] = "baselines"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "itemknn_neighbours": ">=1", "als_factors": ">=1", "als_regularization": ">=0",
+        "als_alpha": ">=0", "als_iterations": ">=1",
+    }  # fmt: skip
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"itemknn_weighting": ("cosine", "bm25")}
 
     itemknn_neighbours: int = 100
     itemknn_weighting: str = "bm25"  # "cosine" or "bm25"
@@ -245,8 +340,14 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Section):
     """Metrics and the report (DESIGN.md §3)."""
+
+    SECTION: ClassVar[str] = "eval"
+    LIMITS: ClassVar[dict[str, str]] = {
+        "ks": ">=1", "max_test_users": ">=0", "chunk_items": ">=1", "bootstrap_samples": ">=1",
+        "gate_tolerance": ">=0",
+    }  # fmt: skip
 
     ks: tuple[int, ...] = (10, 50, 100)
     filter_seen: bool = False  # music is re-listened: keep already-heard tracks by default
@@ -256,9 +357,6 @@ class EvalConfig:
     gate_metric: str = "ndcg@10"  # champion gating compares sasrec_two_stage on this metric
     gate_tolerance: float = 0.005  # a new run may be this much worse and still be promoted
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(len(self.ks) > 0 and all(k > 0 for k in self.ks), "eval.ks must be positive")
 
 
 @dataclass(frozen=True)
@@ -278,25 +376,3 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def replace(self, **sections: dict[str, Any]) -> PipelineConfig:
-        """Return a copy with some keys of some sections overridden."""
-        updates = {}
-        for section, values in sections.items():
-            current = getattr(self, section)
-            updates[section] = build_section(
-                type(current), {**dataclasses.asdict(current), **values}, section
-            )
-        return dataclasses.replace(self, **updates)
-
-
-def build_section(cls: type, values: dict[str, Any], section: str) -> Any:
-    """One section's dataclass from its values; an unknown key is a :class:`ConfigError`."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    _check(
-        not unknown,
-        f"unknown key(s) in [{section}]: {', '.join(unknown)}; known: {', '.join(sorted(known))}",
-    )
-    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**coerced)

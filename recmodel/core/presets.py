@@ -1,34 +1,125 @@
 """Presets: the TOML files of ``configs/`` (or any path) turned into a :class:`PipelineConfig`.
 
 A preset has one table per stage (``[synthetic]``, ``[extract]``, ...); keys it leaves out keep
-the defaults of :mod:`recmodel.core.config`, and an unknown section or key is an error.
+the defaults of :mod:`recmodel.core.config`. Everything a preset or ``--overrides`` says is
+checked here, once, before any work: a section must be a table, a name must exist (a typo is
+reported with the closest valid name), a value must have its field's type (a number written as
+text is an error, not a silent cast); the ranges and choices are then checked by the sections
+themselves. Each message names the file or flag, the key and the problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from recmodel.core.config import ConfigError, PipelineConfig, build_section
+from recmodel.core.config import ConfigError, PipelineConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
-def from_dict(data: dict[str, Any], name: str = "custom") -> PipelineConfig:
-    """Build a PipelineConfig from nested dicts (as parsed from TOML)."""
-    sections = {f.name: f for f in dataclasses.fields(PipelineConfig) if f.name != "name"}
-    unknown = sorted(set(data) - set(sections) - {"name"})
-    if unknown:
+def _sections() -> dict[str, type]:
+    return {
+        f.name: type(f.default_factory())  # type: ignore[misc]
+        for f in dataclasses.fields(PipelineConfig)
+        if f.name != "name"
+    }
+
+
+def _unknown(kind: str, name: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(f"{where}: unknown {kind} {name!r}; {hint}known: {', '.join(known)}")
+
+
+def check_value(value: Any, annotation: str, key: str, where: str) -> Any:
+    """``value`` as the field type ``annotation`` wants it, or a :class:`ConfigError`.
+
+    Integers are accepted for floats (TOML writes ``1`` for ``1.0``) and lists for tuples;
+    nothing else is converted: ``"3"`` for an integer and ``1`` for a bool are errors.
+    """
+    if annotation.startswith("tuple["):
+        element = annotation[len("tuple[") :].split(",")[0].strip()
+        if not isinstance(value, list | tuple):
+            raise ConfigError(
+                f"{where}: {key} must be a list of {TYPE_WORDS[element]}s, got {value!r}"
+            )
+        return tuple(check_value(v, element, key, where) for v in value)
+    expected = SCALARS[annotation]
+    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
         raise ConfigError(
-            f"unknown section(s): {', '.join(unknown)}; known: {', '.join(sorted(sections))}"
+            f"{where}: {key} must be {TYPE_WORDS[annotation]}, "
+            f"got {value!r} ({type(value).__name__})"
         )
-    built = {}
-    for key, fld in sections.items():
-        default = fld.default_factory()  # type: ignore[misc]
-        built[key] = build_section(type(default), data.get(key, {}), key)
+    return value
+
+
+def build_section(cls: type, values: Any, section: str, where: str) -> Any:
+    """One section from its table: names and types checked, then ranges by the section."""
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{where}: [{section}] must be a table of settings, "
+            f"got {values!r} ({type(values).__name__})"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown(f"key in [{section}]", key, sorted(fields), where)
+        checked[key] = check_value(value, str(fields[key].type), f"{section}.{key}", where)
+    try:
+        return cls(**checked)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def from_dict(data: Any, name: str = "custom", where: str = "config") -> PipelineConfig:
+    """Build a PipelineConfig from nested dicts (as parsed from TOML or JSON).
+
+    Args:
+        data: ``{section: {key: value}}`` and optionally ``name``.
+        name: the config's name when ``data`` has none.
+        where: how messages name the source (a file, ``--overrides``).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of sections, got {type(data).__name__}")
+    sections = _sections()
+    for key in data:
+        if key not in sections and key != "name":
+            raise _unknown("section", key, sorted(sections), where)
+    built = {
+        key: build_section(cls, data.get(key, {}), key, where) for key, cls in sections.items()
+    }
     return PipelineConfig(name=data.get("name", name), **built)
+
+
+def with_overrides(
+    cfg: PipelineConfig, overrides: Any, where: str = "--overrides"
+) -> PipelineConfig:
+    """``cfg`` with some keys of some sections replaced (the checks of :func:`from_dict`)."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(
+            f"{where}: expected a JSON object of sections, got {type(overrides).__name__}"
+        )
+    merged: dict[str, Any] = {"name": cfg.name}
+    sections = _sections()
+    for key, values in overrides.items():
+        if key not in sections:
+            raise _unknown("section", key, sorted(sections), where)
+        if not isinstance(values, dict):
+            build_section(sections[key], values, key, where)  # raises the table error
+        merged[key] = {**dataclasses.asdict(getattr(cfg, key)), **values}
+    for key in sections:
+        merged.setdefault(key, dataclasses.asdict(getattr(cfg, key)))
+    return from_dict(merged, where=where)
 
 
 def resolve_preset(preset: str) -> Path:
@@ -45,8 +136,16 @@ def resolve_preset(preset: str) -> Path:
 
 
 def load_preset(preset: str = "default") -> PipelineConfig:
-    """Load a TOML preset by name or path."""
+    """Load a TOML preset by name or path.
+
+    Raises:
+        ConfigError: the file is missing, is not valid TOML, or holds an invalid setting; the
+            message names the file.
+    """
     path = resolve_preset(preset)
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
-    return from_dict(data, name=data.get("name", path.stem))
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset file {str(path)!r} is not valid TOML: {exc}") from None
+    return from_dict(data, name=data.get("name", path.stem), where=f"preset file {str(path)!r}")

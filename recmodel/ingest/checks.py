@@ -111,16 +111,6 @@ def _elements_ok(name: str, duckdb_type: str) -> bool:
     return type_family(duckdb_type[: duckdb_type.rindex("[")]) in NUMBERS
 
 
-def check_enough_users(n_users: int, minimum: int, where: str) -> None:
-    """Raise InputError when a stage of the split keeps fewer than ``minimum`` users."""
-    if n_users < minimum:
-        fix = (
-            "use a longer or larger log, or lower the minimum (extract.min_test_users, "
-            "extract.min_user_events)"
-        )
-        raise input_error(where, f"only {n_users} users, at least {minimum} are needed", fix)
-
-
 @dataclass(frozen=True)
 class _Rule:
     """A row-level check: rows of a *_source view matching ``condition`` are bad."""

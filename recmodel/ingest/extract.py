@@ -172,7 +172,8 @@ def extract(
 
     Raises:
         recmodel.ingest.checks.InputError: nothing is left after the listen+ threshold or the
-            frequency thresholds, or fewer than ``cfg.min_test_users`` test users remain.
+            frequency thresholds, or a window after pretrain holds fewer than
+            ``cfg.min_window_users`` requests (:func:`recmodel.ingest.summary.check_windows`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,12 @@
 
 The summary SQL (``sql/11_summary.sql`` and ``sql/counts/``) yields rows ``(stage, window,
 events, users, items, sessions)``; :func:`build_summary` nests them by stage and window and adds
-the split times, the drop counts and the totals. :func:`check_sanity` raises an
-:class:`~recmodel.ingest.checks.InputError` that names the counts and the setting behind them
-when nothing usable is left.
+the split times, the drop counts, the totals and one row per window (:func:`window_table`).
+:func:`check_sanity` raises an :class:`~recmodel.core.errors.InputError` that names the counts
+and the setting behind them when nothing usable is left, and :func:`check_windows` when a
+window is too small to serve its purpose: a finetune window without requests cannot train the
+ranker, a validation window without users cannot stop the training, a test window without
+users cannot judge it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ SPLIT_TIMES = ("t_min", "t_max", "t_finetune", "t_val", "t_test")
 def _time(epoch: int | None) -> dict[str, Any]:
     iso = None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC).isoformat()
     return {"epoch": epoch, "iso": iso}
+
+
+def _requests(rows: list[tuple]) -> dict[str, int]:
+    """Requests per window after pretrain: users with events in it and history before it."""
+    found = {window: int(users) for stage, window, _, users, *_ in rows if stage == "requests"}
+    return {Window.NAMES[code]: found.get(code, 0) for code in Window.NAMES if code > 0}
 
 
 def _stage_counts(rows: list[tuple]) -> dict[str, dict]:
@@ -89,6 +98,8 @@ def build_summary(
         "n_items": final["all"]["items"],
         "n_sessions": final["all"].get("sessions", 0),
         "n_test_users": final["test"]["users"],
+        "requests": _requests(rows),
+        "split_rule": split_rule(cfg) if cfg.protocol == "temporal" else "leave-last-out",
         "duckdb_settings": settings,
     }
 
@@ -112,11 +123,90 @@ def check_sanity(summary: dict[str, Any], cfg: ExtractConfig) -> None:
             f"{summary['kept']['users_min_user_events']} of {split['users']} users have "
             f">= min_user_events={cfg.min_user_events} on those items"
         )
-    if summary["n_test_users"] < cfg.min_test_users:
-        test = stages["split"]["test"]
-        raise InputError(
-            f"only {summary['n_test_users']} test users remain (listen+ events in the test "
-            f"window and history before it), fewer than min_test_users={cfg.min_test_users}; "
-            f"before filtering the test window had {test['events']} events of "
-            f"{test['users']} users ({cfg.protocol} split)"
+    check_windows(summary, cfg)
+
+
+def split_rule(cfg: ExtractConfig) -> str:
+    """How the temporal windows were cut, in words."""
+    if cfg.split_by == "events":
+        return (
+            f"by share of listen+ events: test {cfg.test_share:g}, validation "
+            f"{cfg.val_share:g}, finetune {cfg.finetune_share:g}, pretrain the rest"
         )
+    return (
+        f"by days: test {cfg.test_days:g}, validation {cfg.val_days:g}, finetune "
+        f"{cfg.finetune_days:g}, pretrain the rest"
+    )
+
+
+def window_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per window: its bounds, listen+ events, users, tracks and requests."""
+    times = summary.get("split_times", {})
+    final = summary.get("stages", {}).get("final", {})
+    requests = summary.get("requests", {})
+    starts = ("t_min", "t_finetune", "t_val", "t_test")
+    ends = ("t_finetune", "t_val", "t_test", "t_max")
+    rows = []
+    for name, start, end in zip(Window.NAMES.values(), starts, ends, strict=True):
+        counts = final.get(name, {})
+        rows.append(
+            {
+                "window": name,
+                "start": times.get(start, {}).get("iso"),
+                "end": times.get(end, {}).get("iso"),
+                "events": counts.get("events", 0),
+                "users": counts.get("users", 0),
+                "tracks": counts.get("items", 0),
+                "requests": requests.get(name),
+            }
+        )
+    return rows
+
+
+WINDOW_PURPOSE = {
+    "finetune": "train the ranker and distil it",
+    "val": "stop the training and tune the baselines",
+    "test": "judge the models",
+}
+
+
+def check_windows(summary: dict[str, Any], cfg: ExtractConfig) -> None:
+    """Raise InputError when a window after pretrain holds too few requests to serve its purpose.
+
+    A request is a user with events in the window and history before it. The message names the
+    window, its counts and bounds, the log's time span and the setting that fixes it.
+    """
+    if cfg.min_window_users == 0:
+        return
+    rows = {row["window"]: row for row in window_table(summary)}
+    for name, purpose in WINDOW_PURPOSE.items():
+        row = rows[name]
+        if (row["requests"] or 0) >= cfg.min_window_users and row["events"] > 0:
+            continue
+        times = summary.get("split_times", {})
+        span = f"{times.get('t_min', {}).get('iso')} .. {times.get('t_max', {}).get('iso')}"
+        counts = ", ".join(f"{r['window']} {r['events']}" for r in rows.values())
+        raise InputError(
+            f"the {name} window [{row['start']}, {row['end']}) holds {row['events']} listen+ "
+            f"events of {row['users']} users, {row['requests']} of them with history before it "
+            f"(at least extract.min_window_users={cfg.min_window_users} are needed to {purpose}). "
+            f"The log spans {span}; listen+ events per window: {counts}. Fix: {_window_fix(name, cfg)}"
+        )
+
+
+def _window_fix(name: str, cfg: ExtractConfig) -> str:
+    if cfg.protocol == "leave_last_out":
+        return (
+            "raise extract.loo_finetune_events, lower extract.min_user_events, or use a log "
+            "with more users"
+        )
+    if cfg.split_by == "days":
+        return (
+            f'cut the windows by share of events (extract.split_by = "events", the default), '
+            f"which follows gaps and bursts, or lengthen extract.{name}_days (now "
+            f"{getattr(cfg, name + '_days')})"
+        )
+    return (
+        f"raise extract.{name}_share (now {getattr(cfg, name + '_share')}), lower "
+        f"extract.min_window_users, or use a log with more users"
+    )

@@ -31,11 +31,20 @@ def gbm_threads(n_rows: int) -> AbstractContextManager:
 
 @dataclass
 class CrossFitted:
-    """Fold models: ``models[k]`` was fit on every fold except ``k`` and scores only fold ``k``."""
+    """Fold models: ``models[k]`` was fit on every fold except ``k`` and scores only fold ``k``.
+
+    Attributes:
+        models: the fold models.
+        n_folds, seed: the fold hash.
+        columns: int ``[F']`` the feature columns the models use (see :func:`usable_columns`).
+        dropped: column index -> why it was left out.
+    """
 
     models: list[Any]
     n_folds: int
     seed: int
+    columns: np.ndarray
+    dropped: dict[int, str]
 
     def folds(self, users: np.ndarray) -> np.ndarray:
         return user_folds(users, self.n_folds, self.seed)
@@ -48,8 +57,41 @@ class CrossFitted:
             for k, model in enumerate(self.models):
                 rows = folds == k
                 if rows.any():
-                    out[rows] = model.decision_function(features[rows])
+                    out[rows] = model.decision_function(features[rows][:, self.columns])
         return out
+
+
+def usable_columns(
+    features: np.ndarray, train_rows: list[np.ndarray]
+) -> tuple[np.ndarray, dict[int, str]]:
+    """The columns every fold model can learn from, and why each other one is left out.
+
+    A column missing (NaN) for every row, or holding one value in every row, carries nothing;
+    one that is missing or constant in the training rows of some fold cannot be binned by that
+    fold's trees. Real logs make both: no item file means no artist, genre, tempo or acoustic
+    feature at all.
+
+    Args:
+        features: float ``[N, F]``.
+        train_rows: bool ``[N]`` per fold, the rows its model is fit on.
+
+    Returns:
+        int ``[F']`` kept column indices, and ``{column: reason}`` of the others.
+    """
+    dropped: dict[int, str] = {}
+    for j in range(features.shape[1]):
+        for k, rows in enumerate([np.ones(len(features), dtype=bool), *train_rows]):
+            values = features[rows, j]
+            distinct = np.unique(values[~np.isnan(values)])
+            where = "every candidate" if k == 0 else f"the training rows of fold {k - 1}"
+            if len(distinct) == 0:
+                dropped[j] = f"missing for {where}"
+            elif len(distinct) == 1:
+                dropped[j] = f"constant ({distinct[0]:g}) for {where}"
+            if j in dropped:
+                break
+    kept = np.array([j for j in range(features.shape[1]) if j not in dropped], dtype=np.int64)
+    return kept, dropped
 
 
 def cross_fit(
@@ -74,12 +116,19 @@ def cross_fit(
 
     Returns:
         The fold models and float64 ``[N]`` out-of-fold scores.
+
+    Raises:
+        ValueError: a fold's training rows hold one label class only, or no feature column
+            varies (nothing to learn from).
     """
     folds = user_folds(users, n_folds, seed)
     trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
+    train_rows = [(folds != k) & trainable for k in range(n_folds)]
+    columns, dropped = usable_columns(features, train_rows)
+    if len(columns) == 0:
+        raise ValueError(f"no ranker feature varies over the candidates: {dropped}")
     models = []
-    for k in range(n_folds):
-        train = (folds != k) & trainable
+    for k, train in enumerate(train_rows):
         if np.unique(labels[train]).size < 2:
             raise ValueError(
                 f"ranker fold {k}: the training rows of the other folds hold only one label "
@@ -88,9 +137,9 @@ def cross_fit(
             )
         model = make_model()
         with gbm_threads(int(train.sum())):
-            model.fit(features[train], labels[train])
+            model.fit(features[train][:, columns], labels[train])
         models.append(model)
-    fitted = CrossFitted(models, n_folds, seed)
+    fitted = CrossFitted(models, n_folds, seed, columns, dropped)
     return fitted, fitted.score(features, users)
 
 

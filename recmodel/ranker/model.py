@@ -138,6 +138,10 @@ def build_ranker_scores(
     quality = ranker_quality(cands, labels, oof, folds, dataset.item_counts)
     with gbm_threads(min(len(labels), IMPORTANCE_ROWS)):  # it predicts on a sample
         quality["importance"] = feature_importance(model, feats, labels, folds, cfg.seed)
+    quality["features_used"] = [FEATURES[j] for j in model.columns]
+    quality["features_dropped"] = {FEATURES[j]: why for j, why in model.dropped.items()}
+    if model.dropped:
+        logger.info("ranker features left out: %s", quality["features_dropped"])
     logger.info(
         "ranker: %d requests, %d candidates, held-out AUC %.4f, NDCG@10 %.4f (retriever %.4f)",
         cands.n_requests,

@@ -81,7 +81,10 @@ def candidate_ndcg(cands: Candidates, labels: np.ndarray, scores: np.ndarray) ->
 def feature_importance(
     model: Any, feats: np.ndarray, labels: np.ndarray, folds: np.ndarray, seed: int
 ) -> dict[str, float]:
-    """Permutation importance (drop in held-out AUC) of fold 0's model on a sample of fold 0."""
+    """Permutation importance (drop in held-out AUC) of fold 0's model on a sample of fold 0.
+
+    Only the features the models use (``model.columns``) have an importance.
+    """
     rows = np.flatnonzero(folds == 0)
     if np.unique(labels[rows]).size < 2:
         return {}
@@ -91,10 +94,11 @@ def feature_importance(
         return {}
     result = permutation_importance(
         model.models[0],
-        feats[rows],
+        feats[rows][:, model.columns],
         labels[rows],
         scoring="roc_auc",
         n_repeats=IMPORTANCE_REPEATS,
         random_state=seed,
     )
-    return {name: float(v) for name, v in zip(FEATURES, result.importances_mean, strict=True)}
+    names = [FEATURES[j] for j in model.columns]
+    return {name: float(v) for name, v in zip(names, result.importances_mean, strict=True)}

@@ -48,9 +48,31 @@ def protocol_markdown(protocol: dict[str, Any]) -> str:
         if protocol.get(key) is not None:
             lines.append(f"- **{label}**: {fmt(protocol[key], protocol)}")
             done.add(key)
-    done |= {"bootstrap_seed", "confidence"}  # written inside the intervals line
+    done |= {"bootstrap_seed", "confidence", "window_table"}  # written elsewhere
     lines += [f"- **{key}**: {_plain(value)}" for key, value in protocol.items() if key not in done]
-    return "## Protocol\n\n" + "\n".join(lines)
+    text = "## Protocol\n\n" + "\n".join(lines)
+    if protocol.get("window_table"):
+        text += "\n\n" + window_markdown(protocol["window_table"])
+    return text
+
+
+WINDOW_HEADERS = ["window", "from", "to", "listen+ events", "users", "requests"]
+
+
+def window_markdown(rows: list[dict[str, Any]]) -> str:
+    """The split windows with their counts (requests: users with history before the window)."""
+    cells = [
+        [
+            row["window"],
+            str(row.get("start") or ""),
+            str(row.get("end") or ""),
+            f"{row['events']:,}",
+            f"{row['users']:,}",
+            "" if row.get("requests") is None else f"{row['requests']:,}",
+        ]
+        for row in rows
+    ]
+    return pipe_table(WINDOW_HEADERS, cells)
 
 
 def _plain(value: Any) -> str:
@@ -83,6 +105,7 @@ _Formatter = Callable[[Any, dict], str]
 _PROTOCOL_FIELDS: dict[str, tuple[str, _Formatter]] = {
     "split": ("Split", lambda v, _: str(v)),
     "protocol": ("Split", lambda v, _: str(v)),
+    "split_by": ("Windows cut", lambda v, _: str(v)),
     "windows": ("Windows", lambda v, _: _plain(v)),
     "split_times": ("Split times", lambda v, _: _plain(v)),
     "gap_minutes": ("Gap", lambda v, _: f"{v:g} min between the windows"),

@@ -68,10 +68,16 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, args: tuple, kw
     if rank == 0:  # the model is rebuilt from the checkpoint in the parent
         fields = {k: v for k, v in vars(result).items() if k != "model"}
         Path(out_dir, RESULT_FILE).write_bytes(pickle.dumps(fields))
-    # The worker's work is done and its one output is closed. Leave without the interpreter's
-    # teardown: in about one run in five a native thread of the worker was still joinable
-    # when the C++ statics were destroyed, and std::terminate aborted a finished worker
-    # (measured with 2 gloo workers on the CPU, tests/retriever/test_launch.py).
+    leave_worker()
+
+
+def leave_worker() -> None:
+    """End a spawned worker whose outputs are written and closed, skipping interpreter teardown.
+
+    In about one run in five a native thread of a finished gloo worker was still joinable when
+    the C++ statics were destroyed, and std::terminate aborted it (measured with 2 gloo workers
+    on the CPU, tests/retriever/test_launch.py); ``mp.spawn`` then fails the whole training.
+    """
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -18,12 +18,22 @@ from recmodel.retriever.batches import PAD
 META_FIELDS = ("artist", "album", "genre", "tempo_bucket")  # categorical item metadata
 
 
+def present_fields(item_features: ItemFeatures) -> list[str]:
+    """The metadata fields with at least one known code (code 0 is "unknown")."""
+    return [name for name in META_FIELDS if item_features.cardinalities[name] > 1]
+
+
 class ItemTower(nn.Module):
     """Item vectors from the id and the metadata of each track.
 
     ``v_i = LayerNorm(W [e_id(i) | e_artist | e_album | e_genre | e_tempo | (A x_i + c) h_i] + b)``
     where ``x_i`` is the acoustic vector and ``h_i`` is 1 when it is known. Code 0 of every
     metadata table is "unknown" and has its own learned row; id row 0 (padding) is fixed at 0.
+
+    Only the metadata the catalog has takes part: a field whose every code is "unknown" (a log
+    without an items file, an items file with artist ids only) gets no table, and the acoustic
+    projection exists only when some track has a vector. Without any metadata the tower is the
+    id embedding alone.
 
     Every embedding table is sparse (``sparse=True``): the id, artist and album tables grow with
     the catalog and a step must only touch the rows it looked up. Metadata codes are
@@ -35,17 +45,19 @@ class ItemTower(nn.Module):
         self.n_items = item_features.n_items
         self.cardinalities = item_features.cardinalities
         self.id_embedding = nn.Embedding(self.n_items + 1, cfg.id_dim, padding_idx=PAD, sparse=True)
+        self.fields = present_fields(item_features)
         self.meta_embeddings = nn.ModuleDict(
             {
                 name: nn.Embedding(self.cardinalities[name], cfg.meta_dim, sparse=True)
-                for name in META_FIELDS
+                for name in self.fields
             }
         )
-        for name in META_FIELDS:
+        for name in self.fields:
             codes = torch.as_tensor(np.asarray(getattr(item_features, name)), dtype=torch.int32)
             self.register_buffer(f"{name}_codes", codes, persistent=False)  # [N + 1]
         self.acoustic_dim = int(item_features.acoustic.shape[1])
-        self.acoustic = nn.Linear(self.acoustic_dim, cfg.meta_dim) if self.acoustic_dim else None
+        has_vectors = self.acoustic_dim > 0 and bool(np.any(item_features.has_acoustic))
+        self.acoustic = nn.Linear(self.acoustic_dim, cfg.meta_dim) if has_vectors else None
         if self.acoustic is not None:
             known = np.asarray(item_features.has_acoustic, dtype=np.float32)[:, None]
             self.register_buffer(
@@ -54,14 +66,14 @@ class ItemTower(nn.Module):
                 persistent=False,
             )
             self.register_buffer("acoustic_known", torch.as_tensor(known), persistent=False)
-        n_parts = len(META_FIELDS) + (self.acoustic is not None)
+        n_parts = len(self.fields) + (self.acoustic is not None)
         self.proj = nn.Linear(cfg.id_dim + n_parts * cfg.meta_dim, cfg.d_model)
         self.norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Item vectors ``[..., D]`` of item ids ``[...]`` (0 = padding)."""
         parts = [self.id_embedding(ids)]  # [..., id_dim]
-        for name in META_FIELDS:
+        for name in self.fields:
             codes = getattr(self, f"{name}_codes")[ids]  # [...]
             parts.append(self.meta_embeddings[name](codes))  # [..., meta_dim]
         if self.acoustic is not None:

@@ -119,7 +119,7 @@ def warm_start(
         "ids_copied": _copy_rows(state, old_state, ID_KEY, new_idx, old_idx),
         "meta": {},
     }
-    for field in META_FIELDS:
+    for field in new_model.tower.fields:  # the fields the new catalog has
         summary["meta"][field] = _carry_codes(
             state, old_state, field, new_model, old_items, new_idx, old_idx
         )

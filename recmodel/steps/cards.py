@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-WINDOWS = ("pretrain", "finetune", "val", "test")
+from recmodel.ingest.summary import window_table
 
 
 def _fmt(value: Any) -> str:
@@ -37,19 +37,19 @@ def data_card(card: Any, summary: dict) -> None:
             f"{_fmt(summary.get('n_test_users'))} test users"
         )
     )
-    final = summary.get("stages", {}).get("final", {})
     rows = [
-        [w, *(_fmt(final.get(w, {}).get(c)) for c in ("events", "users", "items"))]
-        for w in WINDOWS
-        if w in final
+        [
+            r["window"],
+            r["start"] or "",
+            r["end"] or "",
+            *(_fmt(r[c]) for c in ("events", "users", "tracks", "requests")),
+        ]
+        for r in window_table(summary)
     ]
-    card.append(Markdown("## Split windows"))
-    card.append(Table(rows, headers=["window", "events", "users", "tracks"]))
-    times = summary.get("split_times", {})
+    card.append(Markdown(f"## Split windows\n\n{summary.get('split_rule', '')}".rstrip()))
     card.append(
         Table(
-            [[k, v.get("iso", "")] for k, v in times.items() if isinstance(v, dict)],
-            headers=["boundary", "time (UTC)"],
+            rows, headers=["window", "from", "to", "listen+ events", "users", "tracks", "requests"]
         )
     )
     dropped = summary.get("dropped", {})
@@ -139,6 +139,10 @@ def ranker_card(card: Any, quality: dict) -> None:
     if isinstance(ndcg, dict):
         lines += [f"- **NDCG@10 of candidates ordered by {k}**: {_fmt(v)}" for k, v in ndcg.items()]
     card.append(Markdown("# Ranker\n\n" + "\n".join(lines)))
+    dropped = quality.get("features_dropped") or {}
+    if dropped:
+        card.append(Markdown("## Features left out\n\nNothing to learn from them in this data:"))
+        card.append(Table([[k, v] for k, v in dropped.items()], headers=["feature", "why"]))
     importance = quality.get("importance") or {}
     rows = sorted(importance.items(), key=lambda kv: -kv[1])
     if rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recmodel.core.config import PipelineConfig
-from recmodel.core.presets import load_preset
+from recmodel.core.presets import load_preset, with_overrides
 from recmodel.core.tables import TableRef, local_path, read_table
 from recmodel.ingest.checks import validate_source
 from recmodel.ingest.extract import extract
@@ -39,7 +39,7 @@ def start(
     """
     cfg = load_preset(preset)
     if overrides:
-        cfg = cfg.replace(**overrides)
+        cfg = with_overrides(cfg, overrides)
     if not events and (items or source != "canonical"):
         raise ValueError(
             "--items and --source describe your own data: pass --events PATH too "

@@ -14,6 +14,7 @@ from recmodel.core.columns import Columns
 from recmodel.core.config import PipelineConfig
 from recmodel.core.tables import TableRef, copy_file, read_table
 from recmodel.evaluation.testset import sample_test_users
+from recmodel.ingest.summary import split_rule, window_table
 from recmodel.report.build import build_report, report_card_components, write_report_files
 from recmodel.steps.common import config_of
 
@@ -40,6 +41,8 @@ def protocol_of(cfg: PipelineConfig, summary: dict) -> dict[str, Any]:
     }
     if cfg.extract.protocol == "temporal":
         protocol.update(windows=windows, gap_minutes=cfg.extract.gap_minutes)
+        protocol["split_by"] = split_rule(cfg.extract)
+    protocol["window_table"] = window_table(summary)
     return protocol
 
 

@@ -48,6 +48,10 @@ threshold of 50; other plays mostly run to the end. A track starts when the prev
 rotation, album and artist moves (and a radio seed) and 0 for successor and taste moves,
 which stand for recommendations.
 
+**Shapes of real logs** (:mod:`recmodel.synthetic.shapes`): bursts months apart, no
+re-listening, no play signal, short-lived users and partial item metadata, laid over the
+simulated events by options whose defaults leave the log as simulated.
+
 **Determinism and scale**. Randomness comes from one seeded stream for the catalog and one per
 block of users, and the block size depends on the config only (not on ``row_group_size``), so
 a config always yields the same bytes. Blocks of about ``BLOCK_EVENTS`` events are simulated
@@ -79,6 +83,7 @@ from recmodel.synthetic.catalog import (
     items_tables,
 )
 from recmodel.synthetic.sessions import BlockEvents, simulate_block
+from recmodel.synthetic.shapes import item_columns, reshape_events
 from recmodel.synthetic.users import draw_sessions, draw_users, expected_events_per_user
 
 logger = logging.getLogger(__name__)
@@ -167,7 +172,9 @@ class _RowGroupWriter:
         self._writer.close()
 
 
-def _events_table(ev: BlockEvents, first_user: int, cat: Catalog, ids: PublicIds) -> pa.Table:
+def _events_table(
+    ev: BlockEvents, first_user: int, cat: Catalog, ids: PublicIds, cfg: SyntheticConfig
+) -> pa.Table:
     """The canonical event table of one block, with public ids and absolute timestamps."""
     columns = [
         pa.array(ev.user + (first_user + 1)),  # user_id = global user index + 1
@@ -177,7 +184,7 @@ def _events_table(ev: BlockEvents, first_user: int, cat: Catalog, ids: PublicIds
         pa.array(cat.length[ev.track]),
         pa.array(ev.organic),
     ]
-    return pa.Table.from_arrays(columns, schema=EVENTS_SCHEMA)
+    return reshape_events(pa.Table.from_arrays(columns, schema=EVENTS_SCHEMA), cfg, LOG_START)
 
 
 def simulate_blocks(cfg: SyntheticConfig, cat: Catalog) -> Iterator[tuple[int, BlockEvents]]:
@@ -229,12 +236,14 @@ def generate(
     ids = PublicIds.draw(cat, _rng(cfg, IDS_STREAM))
     rows = min(cfg.row_group_size, MAX_LIST_VALUES // cfg.acoustic_dim)
     items = items_tables(cat, ids, cfg.missing_share, rows, _rng(cfg, ITEMS_STREAM))
-    blocks = (_events_table(ev, first, cat, ids) for first, ev in simulate_blocks(cfg, cat))
+    blocks = (_events_table(ev, first, cat, ids, cfg) for first, ev in simulate_blocks(cfg, cat))
+    items = (item_columns(table, cfg.item_fields) for table in items)
+    items_schema = pa.schema([f for f in ITEMS_SCHEMA if f.name in ("item_id", *cfg.item_fields)])
     paths = SyntheticPaths(out / "events.parquet", out / "items.parquet", 0)
     # Both files are written under temporary names and renamed only once both are complete,
     # so a failure never leaves a log that looks finished.
     try:
-        _write(_temporary(paths.items), ITEMS_SCHEMA, rows, items)
+        _write(_temporary(paths.items), items_schema, rows, items)
         n_events = _write(
             _temporary(paths.events),
             EVENTS_SCHEMA,

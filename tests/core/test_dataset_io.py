@@ -131,7 +131,9 @@ def test_round_trip_from_extraction(tmp_path):
     con.register("items_arrow", items)
     con.execute("create view raw_events as select * from events_arrow")
     con.execute("create view raw_items as select * from items_arrow")
-    cfg = ExtractConfig(min_test_users=1, test_days=5, val_days=3, finetune_days=5)
+    cfg = ExtractConfig(
+        min_window_users=1, split_by="days", test_days=5, val_days=3, finetune_days=5
+    )
     result = extract(con, cfg, tmp_path)
     data = load_dataset(result.paths["events"], result.paths["items"], result.paths["users"])
 

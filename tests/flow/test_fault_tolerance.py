@@ -152,8 +152,8 @@ def test_a_finished_training_is_not_trained_again(cycle, uninterrupted, tmp_path
 
 
 def test_early_stopping_survives_a_resume(cycle, tmp_path):
-    # patience 0: any epoch that does not improve stops the training.
-    cfg = dataclasses.replace(TRAIN, epochs=6, patience=0, lr=0.5, sparse_lr=0.5)
+    # patience 1: any epoch that does not improve stops the training.
+    cfg = dataclasses.replace(TRAIN, epochs=6, patience=1, lr=0.5, sparse_lr=0.5)
     with torch.random.fork_rng():
         reference = train(cycle, cfg=cfg)
     stop = len(reference.history)

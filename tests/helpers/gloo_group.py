@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from recmodel.retriever.launch import free_port, set_rank_environment
+from recmodel.retriever.launch import free_port, leave_worker, set_rank_environment
 
 RANK_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
 
@@ -35,4 +35,10 @@ def spawn_ranks(worker, world_size: int, out_dir: str, monkeypatch: pytest.Monke
     """
     for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    mp.spawn(worker, args=(world_size, free_port(), out_dir), nprocs=world_size, join=True)
+    args = (worker, world_size, free_port(), out_dir)
+    mp.spawn(_run_rank, args=args, nprocs=world_size, join=True)
+
+
+def _run_rank(rank: int, worker, world_size: int, port: int, out_dir: str) -> None:
+    worker(rank, world_size, port, out_dir)
+    leave_worker()  # as the package's own workers end

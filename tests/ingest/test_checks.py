@@ -13,7 +13,6 @@ import pytest
 from recmodel.core.errors import InputError
 from recmodel.ingest.checks import (
     MAX_IMPLAUSIBLE_SHARE,
-    check_enough_users,
     type_family,
     validate_source,
 )
@@ -320,14 +319,6 @@ def test_unknown_item_count_matches_a_reference(tmp_path, seed):
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def test_check_enough_users():
-    check_enough_users(10, 10, "test window")
-    with pytest.raises(InputError) as info:
-        check_enough_users(3, 10, "test window")
-    assert "test window: only 3 users, at least 10 are needed" in str(info.value)
-    assert "extract.min_test_users" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections import defaultdict
 
 import duckdb
@@ -10,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recmodel.core.columns import Window
 from recmodel.core.config import ExtractConfig
 from recmodel.core.errors import InputError
 from recmodel.core.sql import SQL_DIR, SqlRunner
@@ -69,7 +72,7 @@ def config(**overrides) -> ExtractConfig:
     base = dict(
         min_user_events=1,
         min_item_events=1,
-        min_test_users=1,
+        min_window_users=0,
         protocol="leave_last_out",
         loo_finetune_events=0,
     )
@@ -230,6 +233,7 @@ def test_temporal_windows_and_leakage_gap(tmp_path):
     log = [(1, 5, t) for t, _ in kept] + [(1, 5, t) for t in in_gap]
     cfg = config(
         protocol="temporal",
+        split_by="days",
         test_days=1,
         val_days=1,
         finetune_days=1,
@@ -395,9 +399,15 @@ def test_everything_filtered_is_an_input_error(tmp_path):
     assert not any(path.exists() for path in (tmp_path / f"{n}.parquet" for n in OUTPUTS))
 
 
-def test_too_few_test_users_is_an_input_error(tmp_path):
-    with pytest.raises(InputError, match=r"only 3 test users .* min_test_users=4"):
-        extract(connect(VOCAB_LOG), config(min_test_users=4), tmp_path)
+def test_a_window_without_requests_is_an_input_error(tmp_path):
+    # leave-last-out with loo_finetune_events=0: the finetune window is empty
+    message = (
+        r"the finetune window \[.*\) holds 0 listen\+ events of 0 users, 0 of them with history "
+        r"before it \(at least extract.min_window_users=4 are needed to train the ranker"
+    )
+    with pytest.raises(InputError, match=message):
+        extract(connect(VOCAB_LOG), config(min_window_users=4), tmp_path)
+    assert not any(path.exists() for path in (tmp_path / f"{n}.parquet" for n in OUTPUTS))
 
 
 def test_no_listen_events_is_an_input_error(tmp_path):
@@ -457,7 +467,7 @@ def test_each_table_is_dropped_after_its_last_reader(tmp_path, monkeypatch, prot
 
     monkeypatch.setattr(SqlRunner, "run", spy)
     log = random_log(0, as_string=False)
-    cfg = config(protocol=protocol, test_days=4, val_days=3, finetune_days=5)
+    cfg = config(protocol=protocol, split_by="days", test_days=4, val_days=3, finetune_days=5)
     result = extract(connect(log), cfg, tmp_path)
     counts = {
         f"{t}_counts" for t in ("clean_events", "sessions", "split_events", "filtered_events")
@@ -591,7 +601,8 @@ def test_matches_brute_force_reference(tmp_path, seed, protocol):
         protocol=protocol,
         min_user_events=5,
         min_item_events=3,
-        min_test_users=1,
+        min_window_users=0,
+        split_by="days",
         drop_consecutive_repeats=drop_repeats,
         session_gap_minutes=40,
         test_days=4,
@@ -626,3 +637,63 @@ def test_connection_settings_and_cleanup(tmp_path):
         tmp_path / "a" / "duckdb_spill"
     )
     assert result.summary["n_events"] == len(VOCAB_LOG)
+
+
+def burst_log(seed: int, bursts: int = 4, burst_days: int = 5, gap_days: int = 60) -> list:
+    """Listens in short bursts months apart (a scrobble log), every event a listen+."""
+    rng = np.random.default_rng(seed)
+    log = []
+    for b in range(bursts):
+        start = b * (burst_days + gap_days) * DAY
+        n = int(rng.integers(300, 700))
+        ts = start + rng.integers(0, burst_days * DAY, n)
+        users, items = rng.integers(0, 50, n), rng.integers(1, 40, n)
+        log += [(int(u), int(i), int(t)) for u, i, t in zip(users, items, ts, strict=True)]
+    return log
+
+
+def share_bounds(ts: np.ndarray, shares: tuple[float, float, float]) -> list[int]:
+    """t_test, t_val, t_finetune by a plain loop: the latest minute whose suffix reaches each
+    cumulative share of the events."""
+    minutes = sorted(set(int(t) // 60 for t in ts), reverse=True)
+    bounds, cumulative = [], 0.0
+    for share in shares:
+        cumulative += share
+        for minute in minutes:  # latest first: the first that reaches the share
+            if (ts >= 60 * minute).sum() >= cumulative * len(ts):
+                bounds.append(60 * minute)
+                break
+    return bounds
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_windows_by_share_of_events_match_a_plain_loop(tmp_path, seed):
+    log = burst_log(seed)
+    cfg = config(protocol="temporal", split_by="events", gap_minutes=0, session_gap_minutes=1)
+    result = extract(connect(log), cfg, tmp_path)
+    # cleaning drops exact duplicates; every other event is a listen+ of its own session
+    clean = np.array(sorted({(u, i, t) for u, i, t in log}), dtype=np.int64)[:, 2]
+    times = result.summary["split_times"]
+    got = [times[name]["epoch"] for name in ("t_test", "t_val", "t_finetune")]
+    assert got == share_bounds(clean, (cfg.test_share, cfg.val_share, cfg.finetune_share))
+    windows = table(result, "events")["window"]
+    shares = np.bincount(windows, minlength=4) / len(windows)
+    assert shares[Window.TEST] >= cfg.test_share and shares[Window.PRETRAIN] > 0.5
+
+
+def test_windows_by_days_that_fall_into_a_gap_are_an_error_naming_the_fix(tmp_path):
+    log = burst_log(0, gap_days=90)  # 7 + 3.5 + 7 days before the end: in the burst and gap
+    days = config(protocol="temporal", split_by="days", min_window_users=5, gap_minutes=0)
+    with pytest.raises(InputError) as info:
+        extract(connect(log), days, tmp_path)
+    message = str(info.value)
+    assert re.search(
+        r"the (finetune|val) window \[.*\) holds 0 listen\+ events of 0 users", message
+    )
+    assert (
+        "The log spans 1970-01-01" in message and "listen+ events per window: pretrain" in message
+    )
+    assert 'extract.split_by = "events"' in message
+    by_share = dataclasses.replace(days, split_by="events")
+    result = extract(connect(log), by_share, tmp_path / "share")
+    assert all(n >= 5 for n in result.summary["requests"].values())

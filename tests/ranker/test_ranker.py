@@ -387,9 +387,38 @@ def test_gradient_boosting_learns_a_threshold_rule():
 
 
 def test_one_label_class_is_a_clear_error():
-    x = np.zeros((20, 1))
+    x = np.arange(20, dtype=float)[:, None]
     with pytest.raises(ValueError, match="only one label class"):
         cross_fit(x, np.zeros(20, bool), np.arange(20), 2, 0, lambda: make_classifier(CFG))
+
+
+def test_missing_and_constant_features_are_left_out_with_the_reason():
+    """Without item metadata whole feature columns are NaN: the trees never see them."""
+    rng = np.random.default_rng(0)
+    n = 400
+    users = rng.integers(0, 50, n)
+    signal = rng.normal(size=n)
+    x = np.stack(
+        [
+            signal,  # kept
+            np.full(n, np.nan),  # missing for every candidate
+            np.full(n, 3.0),  # constant
+            np.where(user_folds(users, 2, 0) == 0, np.nan, signal),  # missing in fold 1's rows
+        ],
+        axis=1,
+    )
+    labels = signal + rng.normal(scale=0.5, size=n) > 0
+    model, oof = cross_fit(x, labels, users, 2, 0, lambda: make_classifier(CFG))
+    assert model.columns.tolist() == [0]
+    assert model.dropped == {
+        1: "missing for every candidate",
+        2: "constant (3) for every candidate",
+        3: "missing for the training rows of fold 1",
+    }
+    again, _ = cross_fit(x[:, :1], labels, users, 2, 0, lambda: make_classifier(CFG))
+    np.testing.assert_array_equal(oof, again.score(x[:, :1], users))  # as if only column 0
+    with pytest.raises(ValueError, match="no ranker feature varies"):
+        cross_fit(x[:, 1:3], labels, users, 2, 0, lambda: make_classifier(CFG))
 
 
 # -- the whole stage and its quality -----------------------------------------------------------
