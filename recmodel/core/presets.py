@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,15 @@ def from_dict(data: Any, name: str = "custom", where: str = "config") -> Pipelin
 def with_overrides(
     cfg: PipelineConfig, overrides: Any, where: str = "--overrides"
 ) -> PipelineConfig:
-    """``cfg`` with some keys of some sections replaced (the checks of :func:`from_dict`)."""
+    """``cfg`` with some keys of some sections replaced (the checks of :func:`from_dict`).
+
+    ``overrides`` is a dict, or its JSON text (as ``metaflow.Runner`` passes a JSON parameter).
+    """
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{where}: not valid JSON: {exc}") from None
     if not isinstance(overrides, dict):
         raise ConfigError(
             f"{where}: expected a JSON object of sections, got {type(overrides).__name__}"

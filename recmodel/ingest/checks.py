@@ -29,6 +29,7 @@ import duckdb
 
 from recmodel.core.columns import Columns as C
 from recmodel.core.errors import InputError, input_error
+from recmodel.core.sql import bound_params
 from recmodel.ingest.readers import RAW_TIMESTAMP, SOURCE_FILE, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01T00:00:00Z in unix seconds
 MAX_PLAYED_RATIO_PCT = 1_000.0  # ten full plays of the track in one event
 MAX_IMPLAUSIBLE_SHARE = 0.001  # more implausible ratios than this share means a wrong unit
+MAX_EMBEDDING_ABS = 1e6  # larger acoustic values overflow the tower's projection in float32
 
 _INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"}
 _FAMILIES = dict.fromkeys(_INTEGERS | {"U" + name for name in _INTEGERS}, "integer")
@@ -230,6 +232,24 @@ def _check_events(con, spec: SourceSpec, threshold: float) -> list[str]:
     ]
 
 
+_ITEM_RULES = (
+    _Rule(
+        C.TEMPO,
+        "isnan(tempo) OR isinf(tempo) OR tempo <= 0",
+        "have a tempo that is NaN, infinite, zero or negative",
+        "write NULL where the tempo is unknown",
+    ),
+    _Rule(
+        C.EMBEDDING,
+        # NaN sorts above every number, so list_max finds it; inf is above any limit
+        "isnan(list_max(embedding)) OR "
+        "greatest(abs(list_max(embedding)), abs(list_min(embedding))) > $max_abs",
+        f"have an embedding value that is NaN, infinite or above {MAX_EMBEDDING_ABS:g} in size",
+        "write finite, normalized vectors (NULL where unknown)",
+    ),
+)
+
+
 def _check_items(con, spec: SourceSpec) -> list[str]:
     n, n_null, n_dup, n_lengths, files = _one(
         con,
@@ -262,6 +282,12 @@ def _check_items(con, spec: SourceSpec) -> list[str]:
         problem = f"vectors have different lengths {[d for (d,) in lengths]}"
         fix = "write one length for every item (NULL where unknown)"
         raise input_error(f"items file {files!r}, column 'embedding'", problem, fix)
+    params = {"max_abs": MAX_EMBEDDING_ABS}
+    for rule in _ITEM_RULES:
+        query = f"SELECT count(*) FILTER (WHERE {rule.condition}) FROM raw_items_source"
+        (n_bad,) = _one(con, query, bound_params(query, params))
+        if n_bad:
+            raise _row_error(con, "raw_items_source", rule, n_bad, n)
     return _unknown_items(con, files)
 
 
@@ -274,6 +300,14 @@ def _unknown_items(con, files: str) -> list[str]:
     )
     if not n_unknown:
         return []
+    if n_unknown == n_items:
+        sample = _one(con, "SELECT min(item_id) FROM raw_events")[0]
+        problem = (
+            f"none of its {n_items:,} item ids occurs in the events (items {example!r}, "
+            f"events {sample!r}, ...)"
+        )
+        fix = "point --items at the metadata of these events, or write the same ids in both"
+        raise input_error(f"items file {files!r}, column 'item_id'", problem, fix)
     return [
         f"items file {files!r}, column 'item_id': {n_unknown:,} of {n_items:,} items never "
         f"occur in the events (e.g. {example!r}); they are ignored"
@@ -299,6 +333,7 @@ def _exact_statistics(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 def _row_error(con, view: str, rule: _Rule, n_bad: int, n: int) -> InputError:
     """The error of a failed row rule, naming an offending file and its value."""
     params = {"max_ts": MAX_TIMESTAMP, "max_ratio": MAX_PLAYED_RATIO_PCT}
+    params["max_abs"] = MAX_EMBEDDING_ABS
     value = RAW_TIMESTAMP if rule.column == C.TIMESTAMP else rule.column
     # An aggregate FILTER, not WHERE: a WHERE is pushed into the Parquet scan, whose
     # min/max pruning would skip a row group holding only a NaN.

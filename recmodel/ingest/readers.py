@@ -55,6 +55,8 @@ def resolve_files(path: str, role: str, suffixes: tuple[str, ...] = tuple(FORMAT
     """
     if "://" in path:
         return [path]
+    if Path(path).is_file():  # a real file whose name holds [, ? or * is not a pattern
+        return [path]
     if any(ch in path for ch in "*?["):
         files = sorted(f for f in glob.glob(path, recursive=True) if Path(f).is_file())
         if not files:
@@ -121,3 +123,61 @@ def describe(con: duckdb.DuckDBPyConnection, query: str, where: str) -> dict[str
     except duckdb.Error as exc:
         problem = f"DuckDB cannot read its schema: {exc}"
         raise input_error(where, problem, "check that the file is valid for its extension") from exc
+
+
+def header_names(file: str, fmt: str) -> list[str] | None:
+    """The column names exactly as a local file writes them (duplicates kept), or None.
+
+    DuckDB renames a repeated column (``item_id``, ``item_id_1``), which would let a file with
+    two ``item_id`` columns pass with the second silently ignored; the raw header shows it.
+    Remote files are not opened here (None).
+    """
+    if "://" in file:
+        return None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(file).names)
+    import csv
+    import gzip
+
+    opener = gzip.open if file.endswith(".gz") else open
+    with opener(file, "rt", newline="") as fh:
+        first = fh.readline()
+    return next(csv.reader([first], delimiter="\t" if fmt == "tsv" else ","), [])
+
+
+def check_headers(con: duckdb.DuckDBPyConnection, table: Table, wanted: tuple[str, ...]) -> None:
+    """Every file of ``table`` names each column once, and all name the same ``wanted`` ones.
+
+    Files read together (a glob, a directory) are unioned by column name: a file that lacks a
+    column another file has would silently get NULLs in it (a missing ``played_ratio_pct``
+    turns that file's skips into listens).
+
+    Raises:
+        InputError: naming the file and the column.
+    """
+    present: dict[str, set[str]] = {}
+    for file in table.files:
+        names = header_names(file, table.fmt)
+        if names is not None:
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                problem = f"names column(s) {repeated} more than once"
+                fix = "keep one column of each name"
+                raise input_error(f"file {file!r}", problem, fix)
+        if len(table.files) > 1:
+            single = Table(
+                f"SELECT * FROM {reader_sql([file], table.fmt)}", file, (file,), table.fmt
+            )
+            present[file] = set(describe(con, single.query, f"file {file!r}"))
+    union = set().union(*present.values()) if present else set()
+    for file, columns in present.items():
+        missing = sorted((union - columns) & set(wanted))
+        if missing:
+            others = next(f for f, c in present.items() if missing[0] in c)
+            problem = (
+                f"lacks column {missing[0]!r}, which {others!r} has: read together, its rows "
+                "would get NULL there"
+            )
+            raise input_error(f"file {file!r}", problem, "write the same columns in every file")

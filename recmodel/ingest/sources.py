@@ -66,6 +66,7 @@ from recmodel.ingest.readers import (
     SOURCE_FILE,
     SourceSpec,
     Table,
+    check_headers,
     describe,
     literal,
     names_sql,
@@ -152,6 +153,8 @@ def _rows_in_files(con: duckdb.DuckDBPyConnection, table: Table) -> int | None:
 
 
 def _columns(con, table: Table, required: tuple[str, ...], rules: dict) -> dict[str, str]:
+    if table.fmt in ("parquet", "csv", "tsv") and table.query.startswith("SELECT * FROM read_"):
+        check_headers(con, table, tuple(rules))  # plain files only, not a layout's query
     columns = describe(con, table.query, table.where)
     require_columns(columns, required, table.where)
     check_types(columns, rules, table.where)

@@ -2,7 +2,8 @@
 
 ``WORLD_SIZE > 1`` in the environment turns it on: the process group comes from the environment
 (``env://``: ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), with
-NCCL on CUDA and gloo on the CPU.
+NCCL on CUDA and gloo on the CPU. A group on one machine (``MASTER_ADDR`` a loopback address,
+as the in-step launcher sets it) keeps its rendezvous on loopback.
 
 Gradients are combined here rather than by the ``DistributedDataParallel`` wrapper, because DDP
 does not support sparse gradients on NCCL and the embedding tables are where sparse gradients
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +69,36 @@ def init_distributed(device_name: str) -> DistContext:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if os.environ.get("MASTER_ADDR", "") in LOOPBACK:
+            _init_on_loopback(backend)
+        else:
+            dist.init_process_group(backend=backend)
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), device, owns)
     logger.info("data parallel: rank %d of %d on %s", ctx.rank, ctx.world_size, device)
     return ctx
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _init_on_loopback(backend: str) -> None:
+    """Join a group of processes on this machine whose rendezvous listens on loopback only.
+
+    Under ``env://`` rank 0's rendezvous store listens on every interface of the machine; a
+    group whose ranks all run here (the in-step launcher) has no reason to be reachable from
+    outside, so rank 0 binds the store's socket to 127.0.0.1 itself.
+    """
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    port = int(os.environ["MASTER_PORT"])
+    if rank == 0:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        store = dist.TCPStore("127.0.0.1", port, world_size, True, master_listen_fd=sock.detach())
+    else:
+        store = dist.TCPStore("127.0.0.1", port, world_size, False)
+    dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
 
 
 def shutdown(ctx: DistContext) -> None:

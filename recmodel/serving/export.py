@@ -10,7 +10,9 @@
   ``forward(window int64 [B, T]) -> float32 [B, D]`` query vectors and
   ``score(window [B, T], candidates int64 [B, C]) -> float32 [B, C]`` logits: ``<q, v>`` plus
   the repeat bonus of the candidates that are in the window;
-- ``manifest.json``: file names, shapes, ``max_len``, the padding id and the recipe below.
+- ``manifest.json``: file names with their sha256, shapes, ``max_len``, the padding id and the
+  recipe below. The directory is written whole or not at all (:mod:`recmodel.serving.bundle`),
+  and :func:`load_export` checks every hash before use.
 
 A request is served exactly as :meth:`Retriever.recommend` ranks: take the listener's last
 ``T <= max_len`` tracks as ``item_idx``, left-padded with 0; ``q = forward(window)``; retrieve
@@ -23,10 +25,8 @@ can rank above it, so this candidate set always holds the exact top ``k``.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,26 +38,16 @@ import torch
 from torch import nn
 
 from recmodel.core.columns import Columns
-from recmodel.core.dataset import UserItems
 from recmodel.retriever.batches import PAD
 from recmodel.retriever.model import Retriever
+from recmodel.serving.bundle import MANIFEST, load_bundle, write_bundle
 
 log = logging.getLogger(__name__)
 
 ITEM_VECTORS = "item_vectors.npy"
 ITEM_IDS = "item_ids.parquet"
 QUERY_ENCODER = "query_encoder.pt"
-MANIFEST = "manifest.json"
 EXAMPLE_CANDIDATES = 4  # candidates per row of the tracing example (any C works afterwards)
-BLOCK_USERS = 65_536  # users per block of batch top-k: bounds the [U, D] and [U, k] buffers
-TOPK_SCHEMA = pa.schema(
-    [
-        (Columns.USER_IDX, pa.int32()),
-        (Columns.ITEM_IDX, pa.int32()),
-        (Columns.RANK, pa.int32()),
-        (Columns.SCORE, pa.float32()),
-    ]
-)
 SERVING_RECIPE = (
     "window = last <= max_len item_idx, left-padded with 0; q = forward(window); "
     "candidates = top (k + T) of q @ item_vectors.T, plus the window's items; "
@@ -124,39 +114,45 @@ def item_vectors(model: Retriever, chunk: int = 65_536) -> np.ndarray:
 
 
 def export_retriever(model: Retriever, items: pa.Table, out_dir: str | Path) -> dict[str, Any]:
-    """Write the serving files of the module docstring into ``out_dir`` (a local directory).
+    """Write the serving files of the module docstring as one directory at ``out_dir``.
+
+    The files are written and hashed beside ``out_dir`` and swapped in whole
+    (:func:`recmodel.serving.bundle.write_bundle`); :func:`load_export` verifies them.
 
     Args:
         model: a trained retriever (any device; traced on a CPU copy).
         items: ``item_idx``, ``item_id`` of the model's catalog, ``item_idx`` exactly ``1..N``.
-        out_dir: created if missing; existing files of the same names are replaced.
+        out_dir: a new or empty directory, or an earlier export (replaced whole).
 
     Returns:
         The manifest (``files`` relative to ``out_dir``, so the directory can be copied
-        anywhere; ``n_items``, ``dim``, ``max_len``, ``pad_id``, the recipe) with ``paths``:
-        file name -> local path of every written file, the manifest included.
+        anywhere; ``sha256`` of each; ``n_items``, ``dim``, ``max_len``, ``pad_id``, the recipe)
+        with ``paths``: file name -> local path of every file, the manifest included.
 
     Raises:
         ValueError: ``items`` does not describe exactly the model's ``N`` tracks.
+        recmodel.serving.bundle.BundleError: ``out_dir`` holds files that are not an export.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ids = _catalog_ids(items, model.tower.n_items)
-    vectors = item_vectors(model)
-    np.save(out / ITEM_VECTORS, vectors)
-    pq.write_table(ids, out / ITEM_IDS)
-    torch.jit.save(trace_query_encoder(model), str(out / QUERY_ENCODER))
-    manifest = {
-        "files": {"item_vectors": ITEM_VECTORS, "item_ids": ITEM_IDS, "encoder": QUERY_ENCODER},
-        "n_items": model.tower.n_items,
-        "dim": int(vectors.shape[1]),
-        "max_len": model.cfg.max_len,
-        "pad_id": PAD,
-        "repeat_aware": model.repeat is not None,
-        "torch_version": torch.__version__,
-        "recipe": SERVING_RECIPE,
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+    def write(staging: Path) -> dict[str, Any]:
+        vectors = item_vectors(model)
+        np.save(staging / ITEM_VECTORS, vectors)
+        pq.write_table(ids, staging / ITEM_IDS)
+        torch.jit.save(trace_query_encoder(model), str(staging / QUERY_ENCODER))
+        return {
+            "files": {"item_vectors": ITEM_VECTORS, "item_ids": ITEM_IDS, "encoder": QUERY_ENCODER},
+            "n_items": model.tower.n_items,
+            "dim": int(vectors.shape[1]),
+            "max_len": model.cfg.max_len,
+            "pad_id": PAD,
+            "repeat_aware": model.repeat is not None,
+            "torch_version": torch.__version__,
+            "recipe": SERVING_RECIPE,
+        }
+
+    out = Path(out_dir)
+    manifest = write_bundle(out, write)
     log.info(
         "exported %d item vectors of width %d and the query encoder to %s",
         manifest["n_items"],
@@ -165,6 +161,18 @@ def export_retriever(model: Retriever, items: pa.Table, out_dir: str | Path) -> 
     )
     names = (ITEM_VECTORS, ITEM_IDS, QUERY_ENCODER, MANIFEST)
     return {**manifest, "paths": {name: str(out / name) for name in names}}
+
+
+def load_export(directory: str | Path) -> tuple[np.ndarray, pa.Table, Any, dict[str, Any]]:
+    """``(item_vectors, item_ids, query_encoder, manifest)`` of an export, its hashes verified.
+
+    Raises:
+        recmodel.serving.bundle.BundleError: the export is incomplete or was changed.
+    """
+    manifest, paths = load_bundle(directory)
+    vectors = np.load(paths["item_vectors"])
+    encoder = torch.jit.load(str(paths["encoder"]))
+    return vectors, pq.read_table(paths["item_ids"]), encoder, manifest
 
 
 def export_checkpoint(
@@ -196,88 +204,3 @@ def _catalog_ids(items: pa.Table, n_items: int) -> pa.Table:
             f"got {table.num_rows} rows"
         )
     return table.set_column(0, Columns.ITEM_IDX, pc.cast(table.column(0), pa.int32()))
-
-
-def active_users(histories: UserItems) -> np.ndarray:
-    """int64 users with at least one event in ``histories``."""
-    return np.flatnonzero(histories.lengths > 0).astype(np.int64)
-
-
-def iter_batch_topk(
-    model: Retriever,
-    histories: UserItems,
-    users: np.ndarray | None = None,
-    k: int = 100,
-    *,
-    filter_seen: bool = False,
-    block_users: int = BLOCK_USERS,
-    chunk_items: int = 65_536,
-) -> Iterator[pa.Table]:
-    """Top-``k`` tables (:data:`TOPK_SCHEMA`) for ``users``, ``block_users`` at a time.
-
-    Args:
-        model: the retriever; it ranks with :meth:`Retriever.recommend` (repeat bonus included).
-        histories: per-user history (the query of each user is its last ``max_len`` items).
-        users: int64 user indices; default every user with a history.
-        k: items per user; slots no item can fill (``k`` above the eligible catalog) are dropped.
-        filter_seen: never return a track from the user's history.
-        block_users: users ranked per block (memory is ``O(block_users * (D + k))``).
-        chunk_items: catalog chunk of the top-k scan.
-    """
-    users = active_users(histories) if users is None else np.asarray(users, dtype=np.int64)
-    for start in range(0, len(users), block_users):
-        block = users[start : start + block_users]
-        exclude = histories.take(block) if filter_seen else None
-        ids, scores = model.recommend(
-            histories, block, k, exclude=exclude, chunk_items=chunk_items
-        )  # [b, k] each
-        yield topk_table(block, ids, scores)
-
-
-def topk_table(users: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pa.Table:
-    """Long table of ``ids [U, k]`` ranked best first; empty slots (id < 1) are dropped."""
-    k = ids.shape[1]
-    keep = ids.reshape(-1) > PAD  # [U*k]
-    return pa.table(
-        {
-            Columns.USER_IDX: np.repeat(users, k)[keep].astype(np.int32),
-            Columns.ITEM_IDX: ids.reshape(-1)[keep].astype(np.int32),
-            Columns.RANK: np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[keep],
-            Columns.SCORE: scores.reshape(-1)[keep].astype(np.float32),
-        },
-        schema=TOPK_SCHEMA,
-    )
-
-
-def batch_topk(
-    model: Retriever,
-    histories: UserItems,
-    users: np.ndarray | None = None,
-    k: int = 100,
-    **options: Any,
-) -> pa.Table:
-    """Top-``k`` candidates of every active user as one table (:data:`TOPK_SCHEMA`).
-
-    Takes the options of :func:`iter_batch_topk`; use :func:`write_batch_topk` when the table
-    does not fit in memory.
-    """
-    blocks = list(iter_batch_topk(model, histories, users, k, **options))
-    return pa.concat_tables(blocks) if blocks else TOPK_SCHEMA.empty_table()
-
-
-def write_batch_topk(
-    model: Retriever,
-    histories: UserItems,
-    path: str | Path,
-    users: np.ndarray | None = None,
-    k: int = 100,
-    **options: Any,
-) -> int:
-    """Stream :func:`iter_batch_topk` into one Parquet file; returns the number of rows."""
-    rows = 0
-    with pq.ParquetWriter(str(path), TOPK_SCHEMA) as writer:
-        for table in iter_batch_topk(model, histories, users, k, **options):
-            writer.write_table(table)
-            rows += table.num_rows
-    log.info("wrote %d top-%d rows to %s", rows, k, path)
-    return rows

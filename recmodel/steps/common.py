@@ -5,13 +5,49 @@ Nothing here imports torch: the data steps use it too.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from recmodel.core.config import PipelineConfig
+from recmodel.core.config import ConfigError, PipelineConfig
+from recmodel.core.errors import InputError
 from recmodel.core.presets import from_dict
 from recmodel.core.sql import connect
 from recmodel.core.tables import TableRef, publish, run_table_root, write_table
+
+log = logging.getLogger(__name__)
+
+# Metaflow's METAFLOW_EXIT_DISALLOW_RETRY: a task that exits with it is not retried.
+NO_RETRY_EXIT = 202
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stops_on_bad_input(func: F) -> F:
+    """Bad input or settings end a flow step at once: logged whole, and never retried.
+
+    Both are deterministic, so ``@retry`` would only fail the same way again (an extraction
+    retried three times on an InputError). Inside a running flow the error is logged through
+    ``logging`` (Metaflow echoes task logs as they are, while its own exception printer drops
+    every ``*``, which globs in the messages need) and the task exits with Metaflow's
+    no-retry status. Outside a flow the error is raised as it is.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (InputError, ConfigError) as exc:
+            from metaflow import current
+
+            if not current.is_running_flow:
+                raise
+            log.error("%s: %s", type(exc).__name__, exc)
+            log.error("this is an error of the input or the settings: the step is not retried")
+            raise SystemExit(NO_RETRY_EXIT) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RunTables:

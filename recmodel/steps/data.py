@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recmodel.core.columns import Columns
 from recmodel.core.config import PipelineConfig
 from recmodel.core.presets import load_preset, with_overrides
 from recmodel.core.tables import TableRef, local_path, read_table
@@ -21,13 +22,14 @@ from recmodel.ingest.qtable import build_q_table
 from recmodel.ingest.readers import SourceSpec
 from recmodel.ingest.sources import register_source
 from recmodel.steps.cards import q_card
-from recmodel.steps.common import RunTables, config_of, connect_for
+from recmodel.steps.common import RunTables, config_of, connect_for, stops_on_bad_input
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"  # inputs["kind"] of the built-in generator
 
 
+@stops_on_bad_input
 def start(
     preset: str, overrides: dict, source: str, events: str, items: str, ranker_scores: str
 ) -> tuple[dict, dict, dict]:
@@ -75,6 +77,18 @@ def _source_spec(cfg: PipelineConfig, inputs: dict, work: Path) -> SourceSpec:
     return SourceSpec(kind="canonical", events=str(paths.events), items=str(paths.items))
 
 
+def check_ranker_scores_ids(path: str, extracted: dict[str, Path]) -> None:
+    """A production ranker's scores may only name users and tracks the extraction kept."""
+    import pyarrow.parquet as pq
+
+    from recmodel.ranker.score_tables import load_ranker_scores
+
+    users = pq.read_table(extracted["users"], columns=[Columns.USER_IDX, Columns.USER])
+    items = pq.read_table(extracted["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
+    load_ranker_scores(path, users, items)  # raises InputError naming the ids it cannot map
+
+
+@stops_on_bad_input
 def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dict, list, dict]:
     """Run the SQL extraction and publish its tables.
 
@@ -91,6 +105,8 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
         register_source(con, spec)
         validate_source(con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct)
         result = extract(con, cfg.extract, work / "out")
+        if inputs.get("ranker_scores"):  # its ids must be in the data, before any training
+            check_ranker_scores_ids(inputs["ranker_scores"], result.paths)
         refs = {name: tables.publish(path, name) for name, path in result.paths.items()}
     summary = {
         **result.summary,

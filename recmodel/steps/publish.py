@@ -9,6 +9,7 @@ from typing import Any
 
 from recmodel.core.tables import read_table
 from recmodel.serving import champion, export
+from recmodel.serving.bundle import MANIFEST
 from recmodel.steps.common import config_of
 from recmodel.steps.report import publish_files
 
@@ -20,13 +21,23 @@ GATE_MODEL = "sasrec_two_stage"
 def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
     """Item vectors, the TorchScript query encoder and a manifest, next to the run's tables.
 
+    On a local datastore the directory is written whole (:mod:`recmodel.serving.bundle`); on an
+    object store the files are uploaded one by one (each key appears whole) with the manifest,
+    which holds every file's sha256, last.
+
     Returns:
         The manifest with the URIs of the published files.
     """
     items = read_table(refs["items"])  # codes and acoustic vectors rebuild the item tower
+    target = f"{tables.root}/serving"
+    if "://" not in target:
+        manifest = export.export_checkpoint(checkpoint, items, target)
+        return {**manifest, "files": manifest.pop("paths")}
     with tempfile.TemporaryDirectory(prefix="recmodel-serving-") as tmp:
-        manifest = export.export_checkpoint(checkpoint, items, tmp)
-        uris = publish_files(manifest.pop("paths"), f"{tables.root}/serving")
+        manifest = export.export_checkpoint(checkpoint, items, f"{tmp}/serving")
+        paths = manifest.pop("paths")
+        ordered = dict(sorted(paths.items(), key=lambda kv: kv[0] == MANIFEST))  # seal last
+        uris = publish_files(ordered, target)
     return {**manifest, "files": uris}
 
 

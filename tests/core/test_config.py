@@ -100,6 +100,9 @@ def test_overrides_are_checked_like_a_preset():
         with_overrides(cfg, {"train": 3})
     with pytest.raises(ConfigError, match=r"--overrides: expected a JSON object"):
         with_overrides(cfg, [1, 2])
+    assert with_overrides(cfg, '{"train": {"epochs": 2}}').train.epochs == 2  # JSON text
+    with pytest.raises(ConfigError, match=r"--overrides: not valid JSON"):
+        with_overrides(cfg, '{"train": ')
 
 
 def test_missing_preset_lists_builtin_ones():

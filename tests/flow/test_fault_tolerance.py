@@ -355,3 +355,18 @@ def test_a_failed_run_resumes_at_finetune_reusing_earlier_steps():
     assert new["tables"].data == old["tables"].data
     assert "origin-task-id" not in run["finetune"].task.metadata_dict
     assert "sasrec_two_stage" in run["end"].task["report"].data["metrics"]
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_bad_input_stops_extraction_once_without_retries():
+    """An InputError is deterministic: extract_sessions (@retry(times=2)) runs it once."""
+    overrides = '{"extract": {"min_user_events": 100000}}'
+    with _runner({}).run(preset="tiny", overrides=overrides) as running:
+        assert running.status == "failed"
+        run = running.run
+    task = run["extract_sessions"].task
+    assert task.current_attempt == 0 and not task.successful  # one attempt of three allowed
+    assert "InputError: every event was filtered out by the thresholds" in task.stderr
+    assert "min_user_events=100000" in task.stderr
+    assert "the step is not retried" in task.stderr

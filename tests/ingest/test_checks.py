@@ -280,6 +280,37 @@ def test_items_of_unknown_tracks_are_a_warning(tmp_path):
     assert "(e.g. 98)" in warning
 
 
+def test_an_items_file_matching_no_event_is_an_error(tmp_path):
+    items = _items(tmp_path, item_id=pa.array([98, 99], pa.int64()))
+    message = _message(SourceSpec("canonical", _events(tmp_path), items))
+    assert f"items file {items!r}, column 'item_id': none of its 2 item ids" in message
+    assert "items 98, events 10" in message and "point --items at the metadata" in message
+
+
+@pytest.mark.parametrize("tempo", [float("nan"), float("inf"), -120.0, 0.0])
+def test_a_tempo_that_is_not_a_tempo_is_an_error(tmp_path, tempo):
+    items = _items(tmp_path, item_id=pa.array([10, 11], pa.int64()), tempo=[120.0, tempo])
+    message = _message(SourceSpec("canonical", _events(tmp_path), items))
+    assert f"items file {items!r}, column 'tempo': 1 of 2 rows have a tempo that is NaN" in message
+    assert "write NULL where the tempo is unknown" in message
+
+
+@pytest.mark.parametrize("value", [1e38, float("inf"), float("nan"), -2e6])
+def test_an_embedding_with_huge_or_missing_values_is_an_error(tmp_path, value):
+    vectors = pa.array([[0.1, 0.2], [value, 0.0]], pa.list_(pa.float32()))
+    items = _items(tmp_path, item_id=pa.array([10, 11], pa.int64()), embedding=vectors)
+    message = _message(SourceSpec("canonical", _events(tmp_path), items))
+    assert f"items file {items!r}, column 'embedding': 1 of 2 rows have an embedding" in message
+
+
+def test_null_tempo_and_embedding_are_unknown_not_errors(tmp_path):
+    vectors = pa.array([[0.1, 0.2], None], pa.list_(pa.float32()))
+    items = _items(
+        tmp_path, item_id=pa.array([10, 11], pa.int64()), tempo=[120.0, None], embedding=vectors
+    )
+    assert _validate(SourceSpec("canonical", _events(tmp_path), items)) == []
+
+
 def test_yambda_fixture_warns_about_catalog_items_without_events():
     (warning,) = _validate(SourceSpec("yambda", str(FIXTURES / "yambda/flat/50m")))
     assert "artist_item_mapping.parquet" in warning and "2 of 4 items never occur" in warning

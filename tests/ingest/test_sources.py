@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recmodel.core.errors import InputError
 from recmodel.ingest.readers import SourceSpec, resolve_files
 from recmodel.ingest.sources import register_source
 
@@ -89,10 +90,11 @@ def test_canonical_parquet_directory_unions_files_and_unifies_item_ids(tmp_path)
         }
     )
     second = pa.table(
-        {  # no played_ratio_pct: the union reads it as NULL
+        {
             "user_id": ["a"],
             "item_id": ["7"],
             "timestamp": pa.array([dt.datetime(2024, 1, 2, tzinfo=utc)], pa.timestamp("us", utc)),
+            "played_ratio_pct": pa.array([None], pa.float64()),
             "is_organic": [True],
         }
     )
@@ -119,6 +121,42 @@ def test_canonical_parquet_directory_unions_files_and_unifies_item_ids(tmp_path)
         "part-1.parquet",
         "part-0.parquet",
     ]
+
+
+def test_files_read_together_must_name_the_same_columns(tmp_path):
+    """A file without played_ratio_pct among files with it would turn its skips into listens."""
+    (tmp_path / "events").mkdir()
+    full = pa.table({"user_id": [1], "item_id": [2], "timestamp": [3], "played_ratio_pct": [10.0]})
+    pq.write_table(full, tmp_path / "events" / "a.parquet")
+    pq.write_table(full.drop(["played_ratio_pct"]), tmp_path / "events" / "b.parquet")
+    with pytest.raises(InputError) as info:
+        _register(SourceSpec("canonical", str(tmp_path / "events")))
+    message = str(info.value)
+    assert "b.parquet': lacks column 'played_ratio_pct', which" in message
+    assert "a.parquet' has" in message and "write the same columns in every file" in message
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_column_named_twice_is_an_error(tmp_path, fmt):
+    path = tmp_path / f"events.{fmt}"
+    if fmt == "csv":
+        path.write_text("user_id,item_id,timestamp,item_id\n1,2,3,4\n")
+    else:
+        columns = [pa.array([1]), pa.array([2]), pa.array([3]), pa.array([4])]
+        names = ["user_id", "item_id", "timestamp", "item_id"]
+        pq.write_table(pa.Table.from_arrays(columns, names=names), path)
+    with pytest.raises(
+        InputError, match=r"events.(csv|parquet)': names column\(s\) \['item_id'\] more than once"
+    ):
+        _register(SourceSpec("canonical", str(path)))
+
+
+def test_an_existing_file_with_glob_characters_is_read_as_a_file(tmp_path):
+    path = tmp_path / "events[1].parquet"
+    pq.write_table(pa.table({"user_id": [1], "item_id": [2], "timestamp": [3]}), path)
+    assert resolve_files(str(path), "events") == [str(path)]
+    with pytest.raises(InputError, match="matches no files"):
+        resolve_files(str(tmp_path / "nothing[1].parquet"), "events")
 
 
 TIMESTAMP_VARIANTS = ["int64", "float64", "timestamp_us", "timestamp_tz", "iso_offset", "iso_naive"]

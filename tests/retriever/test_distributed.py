@@ -1,7 +1,9 @@
 """Data parallelism: two gloo processes train the same weights as one process on the same batch."""
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,9 @@ from recmodel.retriever.distributed import (
     broadcast_object,
     init_distributed,
     resolve_device,
+    shutdown,
 )
+from recmodel.retriever.launch import set_rank_environment
 from recmodel.retriever.train import pretrain
 from tests.helpers.gloo_group import join_gloo_group, spawn_ranks
 from tests.helpers.retriever_data import cycle_dataset, one_thread
@@ -90,3 +94,41 @@ def test_resolve_device():
         assert resolve_device("auto") == torch.device("cpu")
         with pytest.raises(RuntimeError, match="CUDA"):
             resolve_device("cuda")
+
+
+def listening_addresses() -> list[str]:
+    """Local addresses of this process's listening TCP sockets (from /proc, no tools)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                    found.append(fields[1].split(":")[0])
+    return found
+
+
+def loopback_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    set_rank_environment(rank, world_size, port)
+    ctx = init_distributed("cpu")
+    if rank == 0:
+        addresses = listening_addresses()
+        Path(out_dir, "addresses.json").write_text(json.dumps(addresses))
+    shutdown(ctx)
+
+
+@pytest.mark.slow
+def test_the_local_group_listens_on_loopback_only(tmp_path, monkeypatch):
+    spawn_ranks(loopback_worker, 2, str(tmp_path), monkeypatch)
+    addresses = json.loads((tmp_path / "addresses.json").read_text())
+    assert addresses, "rank 0 listens for the other ranks"
+    # /proc writes 127.0.0.1 as 0100007F; every interface is 00000000 (IPv4) or all zeros (IPv6)
+    assert all(a in ("0100007F", "00000000000000000000000001000000") for a in addresses), addresses

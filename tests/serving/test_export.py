@@ -16,17 +16,9 @@ import torch
 from recmodel.core.config import ModelConfig
 from recmodel.retriever.batches import last_items
 from recmodel.retriever.model import Retriever
-from recmodel.serving.export import (
-    ITEM_IDS,
-    ITEM_VECTORS,
-    MANIFEST,
-    QUERY_ENCODER,
-    TOPK_SCHEMA,
-    batch_topk,
-    export_retriever,
-    topk_table,
-    write_batch_topk,
-)
+from recmodel.serving.batch import TOPK_SCHEMA, batch_topk, topk_table, write_batch_topk
+from recmodel.serving.bundle import MANIFEST
+from recmodel.serving.export import ITEM_IDS, ITEM_VECTORS, QUERY_ENCODER, export_retriever
 from tests.helpers.retriever_data import item_features, one_thread, user_items
 
 N_ITEMS = 25
