@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import threadpoolctl
 
+from recmodel.core.columns import Window
 from recmodel.core.dataset import Dataset, UserItems
 from recmodel.evaluation.topk import EMPTY  # the same empty-slot marker as the chunked top-k
 
@@ -232,12 +233,16 @@ class Recommender(ABC):
         self.item_counts = np.zeros(1, dtype=np.int64)  # [N + 1] training-window plays
         self.popular = np.zeros(0, dtype=np.int64)  # [N] items, most played first
 
-    def fit(self, dataset: Dataset) -> Recommender:
-        """Fit on the pretrain-window events (``dataset.train()``) only.
+    def fit(self, dataset: Dataset, before: int = Window.FINETUNE) -> Recommender:
+        """Fit on the events of the windows before ``before`` (default: the pretrain window).
 
-        Models may also read the validation window for tuning, never the test window.
+        Tuning fits before the validation window and scores it
+        (:mod:`recmodel.baselines.tuning`); the chosen setting is then refit on every event
+        before the test window. No model ever reads the test window.
         """
-        train = dataset.train()
+        if before > Window.TEST:
+            raise ValueError(f"a baseline never fits on the test window (before={before})")
+        train = dataset.history(before)
         self.n_items = dataset.n_items
         self.item_counts = np.bincount(train.items, minlength=dataset.n_items + 1).astype(np.int64)
         self.item_counts[0] = 0  # padding is never a track

@@ -14,7 +14,7 @@ from recmodel.baselines.base import (
 )
 from recmodel.core.dataset import Dataset, UserItems
 
-WEIGHTINGS = ("cosine", "bm25")
+WEIGHTINGS = ("cosine", "bm25", "tfidf")
 USER_CHUNK = 4_096  # query users scored per sparse product (bounds its memory)
 
 
@@ -29,7 +29,7 @@ class ItemKNN(Recommender):
 
     Args:
         neighbours: similar tracks kept per track (implicit's ``K``).
-        weighting: ``"cosine"`` or ``"bm25"`` weighting of the play counts.
+        weighting: ``"cosine"``, ``"bm25"`` or ``"tfidf"`` weighting of the play counts.
         num_threads: implicit's threads for the similarity (0 = every core).
     """
 
@@ -51,13 +51,15 @@ class ItemKNN(Recommender):
         return int(self.similarity.nnz)
 
     def _fit(self, dataset: Dataset, train: UserItems) -> None:
-        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+        from implicit.nearest_neighbours import (
+            BM25Recommender,
+            CosineRecommender,
+            TFIDFRecommender,
+        )
 
         plays = play_matrix(train, self.n_items)  # [U, N + 1]; column 0 (padding) stays empty
-        if self.weighting == "bm25":
-            model = BM25Recommender(K=self.neighbours, num_threads=self.num_threads)
-        else:
-            model = CosineRecommender(K=self.neighbours, num_threads=self.num_threads)
+        kind = {"bm25": BM25Recommender, "tfidf": TFIDFRecommender, "cosine": CosineRecommender}
+        model = kind[self.weighting](K=self.neighbours, num_threads=self.num_threads)
         with implicit_scope():
             model.fit(plays, show_progress=False)
         # Row i holds the neighbours of track i: a liked track i votes for each of them.

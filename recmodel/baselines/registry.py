@@ -2,17 +2,22 @@
 
 Models (names as in the report):
 
-* ``popularity``: the most played tracks of the training window.
+* ``popularity``: the most played tracks.
 * ``user_popular``: each listener's own most replayed tracks, then popularity.
-* ``itemknn``: item-to-item collaborative filtering (cosine or BM25, implicit).
-* ``als``: implicit ALS on play-count confidence, tuned on the validation window.
+* ``user_recent``: each listener's own tracks by time-decayed plays (decay tuned), then the
+  recently popular tracks: in music, the baseline a retriever has to beat.
+* ``itemknn``: item-to-item collaborative filtering (cosine, BM25 or TF-IDF, implicit).
+* ``als``: implicit ALS on play-count confidence.
 
-Every model is fit on the pretrain window only (``Dataset.train()``) and scores a request from
-its query history, so the same code serves validation and test requests.
+Every model is tuned and refit by one rule (:mod:`recmodel.baselines.tuning`): its grid from
+the config scored on the validation window, the best setting fit again on every event before
+the test window. A model scores a request from its query history, so the same code serves
+validation and test requests.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import traceback
@@ -25,21 +30,10 @@ import numpy as np
 from recmodel.baselines.als import ALS
 from recmodel.baselines.base import Recommender
 from recmodel.baselines.knn import ItemKNN
-from recmodel.baselines.simple import Popularity, UserPopular
+from recmodel.baselines.simple import Popularity, UserPopular, UserRecent
+from recmodel.baselines.tuning import REFIT_RULE, tune_and_refit, validation_requests
 from recmodel.core.config import BaselinesConfig
 from recmodel.core.dataset import Dataset, UserItems
-
-__all__ = [
-    "ALS",
-    "BASELINES",
-    "BuildOptions",
-    "ItemKNN",
-    "Popularity",
-    "Recommender",
-    "UserPopular",
-    "build_baselines",
-    "run_baseline",
-]
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +47,22 @@ class BuildOptions:
     chunk_items: int = 65_536  # catalog chunk of that top-k (EvalConfig.chunk_items)
 
 
-def _itemknn(cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
-    return ItemKNN(cfg.itemknn_neighbours, cfg.itemknn_weighting, num_threads=opts.num_threads)
+@dataclass(frozen=True)
+class Baseline:
+    """A baseline: its grid of settings from the config, and how a setting becomes a model."""
+
+    name: str
+    grid: Callable[[BaselinesConfig], list[dict[str, Any]]]
+    build: Callable[[dict[str, Any], BaselinesConfig, BuildOptions], Recommender]
 
 
-def _als(cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
+def _product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def _als(point: dict, cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
     return ALS(
-        factors=cfg.als_factors,
-        regularization=cfg.als_regularization,
-        alpha=cfg.als_alpha,
+        **point,
         iterations=cfg.als_iterations,
         seed=cfg.seed,
         num_threads=opts.num_threads,
@@ -70,13 +71,28 @@ def _als(cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
     )
 
 
-BASELINES: dict[str, Callable[[BaselinesConfig, BuildOptions], Recommender]] = {
-    "popularity": lambda cfg, opts: Popularity(),
-    "user_popular": lambda cfg, opts: UserPopular(),
-    "itemknn": _itemknn,
-    "als": _als,
+BASELINES: dict[str, Baseline] = {
+    "popularity": Baseline("popularity", lambda cfg: [{}], lambda p, cfg, opts: Popularity()),
+    "user_popular": Baseline("user_popular", lambda cfg: [{}], lambda p, cfg, opts: UserPopular()),
+    "user_recent": Baseline(
+        "user_recent",
+        lambda cfg: _product(tau_days=cfg.user_recent_tau_days),
+        lambda p, cfg, opts: UserRecent(**p),
+    ),
+    "itemknn": Baseline(
+        "itemknn",
+        lambda cfg: _product(neighbours=cfg.itemknn_neighbours, weighting=cfg.itemknn_weighting),
+        lambda p, cfg, opts: ItemKNN(**p, num_threads=opts.num_threads),
+    ),
+    "als": Baseline(
+        "als",
+        lambda cfg: _product(
+            factors=cfg.als_factors, regularization=cfg.als_regularization, alpha=cfg.als_alpha
+        ),
+        _als,
+    ),
 }
-"""Model name (as in the report) -> factory from the config."""
+"""Model name (as in the report) -> its grid and builder."""
 
 
 def build_baselines(
@@ -84,7 +100,7 @@ def build_baselines(
     names: Sequence[str] | None = None,
     options: BuildOptions | None = None,
 ) -> list[Recommender]:
-    """Instantiate (unfitted) baselines from the config.
+    """Unfitted baselines at the first setting of each grid (tests, quick uses).
 
     Args:
         cfg: the ``[baselines]`` section.
@@ -96,63 +112,66 @@ def build_baselines(
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
     options = options or BuildOptions()
-    return [BASELINES[name](cfg, options) for name in names]
+    return [BASELINES[n].build(BASELINES[n].grid(cfg)[0], cfg, options) for n in names]
 
 
 def run_baseline(
-    model: Recommender,
+    baseline: Baseline,
+    cfg: BaselinesConfig,
+    options: BuildOptions,
     dataset: Dataset,
     test_users: np.ndarray,
     histories: UserItems,
     k: int,
     filter_seen: bool,
 ) -> dict[str, Any]:
-    """Fit a model, recommend for the test users and time both; never raise.
-
-    Args:
-        model: an unfitted model.
-        dataset: fit on ``dataset.train()`` (and the validation window for tuning).
-        test_users: int64 ``[U]`` rows of ``histories`` to recommend for.
-        histories: query histories of all users.
-        k: items per user.
-        filter_seen: drop items of the user's history.
+    """Tune, refit, recommend for the test users and time it all; never raise.
 
     Returns:
         On success ``{"name", "status": "ok", "items" int64 [U, k], "scores" float32 [U, k],
-        "fit_seconds", "recommend_seconds", "model_size", "tuning"}``; on failure
-        ``{"name", "status": "failed", "error": "Type: message", "traceback"}`` (also logged),
-        so that a failing baseline shows up in the report instead of vanishing.
+        "fit_seconds", "recommend_seconds", "model_size", "params", "tuning", "refit"}``; on
+        failure ``{"name", "status": "failed", "error": "Type: message", "traceback"}`` (also
+        logged), so that a failing baseline shows up in the report instead of vanishing.
     """
-    name = getattr(model, "name", type(model).__name__)
     try:
         start = time.perf_counter()
-        model.fit(dataset)
+        val = validation_requests(dataset, cfg.tune_users, cfg.seed)
+        build = _builder(baseline.build, cfg, options)
+        tuned = tune_and_refit(build, baseline.grid(cfg), dataset, val)
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        items, scores = model.recommend(histories, test_users, k, filter_seen=filter_seen)
+        items, scores = tuned.model.recommend(histories, test_users, k, filter_seen=filter_seen)
         recommend_seconds = time.perf_counter() - start
     except Exception as exc:  # a failing baseline is reported, not fatal to the others
-        log.exception("baseline %s failed", name)
+        log.exception("baseline %s failed", baseline.name)
         return {
-            "name": name,
+            "name": baseline.name,
             "status": "failed",
             "error": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(),
         }
     log.info(
-        "baseline %s: fit %.2fs, recommend %.2fs for %d users",
-        name,
+        "baseline %s %s: fit %.2fs, recommend %.2fs for %d users",
+        baseline.name,
+        tuned.params,
         fit_seconds,
         recommend_seconds,
         len(test_users),
     )
     return {
-        "name": name,
+        "name": baseline.name,
         "status": "ok",
         "items": items,
         "scores": scores,
         "fit_seconds": fit_seconds,
         "recommend_seconds": recommend_seconds,
-        "model_size": int(model.model_size),
-        "tuning": list(getattr(model, "tuning", [])),
+        "model_size": int(tuned.model.model_size),
+        "params": tuned.params,
+        "tuning": tuned.tuning,
+        "refit": REFIT_RULE,
     }
+
+
+def _builder(build: Callable, cfg: BaselinesConfig, options: BuildOptions) -> Callable:
+    """``build(point, cfg, options)`` as a function of the point's settings."""
+    return lambda **point: build(point, cfg, options)

@@ -61,9 +61,11 @@ class Window:
 MODEL_NAMES = (
     "popularity",
     "user_popular",
+    "user_recent",
     "itemknn",
     "als",
     "sasrec_no_logq",
     "sasrec_pretrain",
     "sasrec_two_stage",
+    "two_stage_ranked",
 )

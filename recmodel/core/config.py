@@ -79,8 +79,9 @@ class Section:
             )
         for name, choices in self.CHOICES.items():
             value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
             _check(
-                value in choices,
+                len(values) > 0 and all(v in choices for v in values),
                 f"{self.SECTION}.{name} must be one of {', '.join(choices)}; got {value!r}",
             )
         self._check_rules()
@@ -286,12 +287,15 @@ class RankerConfig(Section):
 
     SECTION: ClassVar[str] = "ranker"
     LIMITS: ClassVar[dict[str, str]] = {
-        "n_candidates": ">=1", "n_popular_candidates": ">=0", "n_folds": ">=2",
-        "max_iter": ">=1", "learning_rate": ">0", "max_leaf_nodes": ">=2",
+        "n_candidates": ">=1", "n_own_candidates": ">=0", "own_tau_days": ">0",
+        "n_popular_candidates": ">=0", "n_folds": ">=2", "max_iter": ">=1",
+        "learning_rate": ">0", "max_leaf_nodes": ">=2",
     }  # fmt: skip
 
-    n_candidates: int = 100  # retriever top-K per request (plus popular/ALS candidates)
-    n_popular_candidates: int = 20
+    n_candidates: int = 100  # retriever top-K per request
+    n_own_candidates: int = 50  # + the user's own tracks by decayed plays (whole history)
+    own_tau_days: float = 14.0  # ... with this decay time
+    n_popular_candidates: int = 20  # + the most played tracks
     n_folds: int = 2  # cross-fitting folds over users
     max_iter: int = 200  # HistGradientBoosting iterations
     learning_rate: float = 0.1
@@ -321,21 +325,31 @@ class FinetuneConfig(Section):
 
 @dataclass(frozen=True)
 class BaselinesConfig(Section):
-    """Classic baselines: popularity, the user's own favourites, item-kNN and implicit ALS."""
+    """Classic baselines, each tuned on validation over its grid and refit before the test.
+
+    The grids hold what peers use: ALS confidence up to alpha 100 with 32-128 factors,
+    item-kNN with 20-200 neighbours and three weightings, the decay of user_recent from a day
+    to three months (:mod:`recmodel.baselines.tuning`).
+    """
 
     SECTION: ClassVar[str] = "baselines"
     LIMITS: ClassVar[dict[str, str]] = {
         "itemknn_neighbours": ">=1", "als_factors": ">=1", "als_regularization": ">=0",
-        "als_alpha": ">=0", "als_iterations": ">=1",
+        "als_alpha": ">=0", "als_iterations": ">=1", "user_recent_tau_days": ">0",
+        "tune_users": ">=0",
     }  # fmt: skip
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"itemknn_weighting": ("cosine", "bm25")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "itemknn_weighting": ("cosine", "bm25", "tfidf")
+    }
 
-    itemknn_neighbours: int = 100
-    itemknn_weighting: str = "bm25"  # "cosine" or "bm25"
-    als_factors: tuple[int, ...] = (64,)  # grid, tuned on validation NDCG@10
-    als_regularization: tuple[float, ...] = (0.01,)
-    als_alpha: tuple[float, ...] = (10.0,)  # confidence = 1 + alpha * plays
+    itemknn_neighbours: tuple[int, ...] = (20, 50, 100, 200)  # grid
+    itemknn_weighting: tuple[str, ...] = ("cosine", "bm25", "tfidf")  # grid
+    als_factors: tuple[int, ...] = (32, 64, 128)  # grid
+    als_regularization: tuple[float, ...] = (0.01, 0.1, 1.0)  # grid
+    als_alpha: tuple[float, ...] = (1.0, 10.0, 40.0, 100.0)  # grid; confidence = 1 + alpha * plays
     als_iterations: int = 15
+    user_recent_tau_days: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)  # grid
+    tune_users: int = 2_000  # validation users scored per setting (0 = all)
     seed: int = 0
 
 

@@ -59,14 +59,47 @@ def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     return np.asarray(users, dtype=np.int64) * (n_items + 1) + np.asarray(items, dtype=np.int64)
 
 
+def own_tracks(
+    history: UserItems, users: np.ndarray, request_ts: np.ndarray, n: int, tau_days: float
+) -> np.ndarray:
+    """int64 ``[R, n]``: each request's own tracks by time-decayed plays (0 = none left).
+
+    A track of the user's whole history (not only its last ``max_len`` plays) scores
+    ``sum over its plays of exp(-age / tau)``, ``age`` counted back from the request; ties go
+    to the most recent play. This is the re-listening candidate source of the ranker.
+    """
+    out = np.zeros((len(users), n), dtype=np.int64)
+    if n == 0 or len(users) == 0:
+        return out
+    rows_of = history.take(np.asarray(users, dtype=np.int64))
+    row = np.repeat(np.arange(len(users)), rows_of.lengths)  # [E]
+    age = np.asarray(request_ts, dtype=np.int64)[row] - rows_of.ts
+    weight = np.exp(-age / (tau_days * 86_400.0))
+    keys = pair_keys(row, rows_of.items, int(rows_of.items.max(initial=0)))
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    score = np.bincount(inverse, weights=weight, minlength=len(uniq))
+    last = np.zeros(len(uniq), dtype=np.int64)
+    np.maximum.at(last, inverse, np.arange(len(keys)))
+    base = int(rows_of.items.max(initial=0)) + 1
+    pair_row, item = uniq // base, uniq % base
+    order = np.lexsort((-last, -score, pair_row))  # per row: score, then the latest play
+    pair_row, item = pair_row[order], item[order]
+    starts = np.searchsorted(pair_row, np.arange(len(users)))
+    col = np.arange(len(pair_row)) - starts[pair_row]
+    keep = col < n
+    out[pair_row[keep], col[keep]] = item[keep]
+    return out
+
+
 def candidates_from_topk(
     users: np.ndarray,
     request_ts: np.ndarray,
     topk_ids: np.ndarray,
     topk_scores: np.ndarray,
     popular: np.ndarray,
+    own: np.ndarray | None = None,
 ) -> Candidates:
-    """Merge each request's retriever top-K with the popular tracks, dropping duplicates.
+    """Merge each request's retriever top-K, its own tracks and the popular tracks, once each.
 
     Args:
         users: int ``[R]`` user of each request.
@@ -74,22 +107,25 @@ def candidates_from_topk(
         topk_ids: int ``[R, K]`` retriever top-K in rank order (ids ``<= 0`` are padding).
         topk_scores: float ``[R, K]`` their logits.
         popular: int ``[P]`` popular item ids, most popular first.
+        own: int ``[R, O]`` the user's own tracks (:func:`own_tracks`; 0 = padding) or None.
 
     Returns:
-        Candidates: per request, its retrieved items in rank order, then the popular items it
-        does not already hold, in popularity order.
+        Candidates: per request, its retrieved items in rank order, then its own tracks the
+        retriever missed, then the popular items it does not already hold. Candidates the
+        retriever did not return have no retriever score (NaN) and rank K.
     """
     n_req, k = topk_ids.shape
     popular = np.asarray(popular, dtype=np.int64)
-    ids = np.concatenate([topk_ids, np.broadcast_to(popular, (n_req, len(popular)))], axis=1)
-    scores = np.concatenate([topk_scores, np.full((n_req, len(popular)), np.nan)], axis=1)
+    own = np.zeros((n_req, 0), dtype=np.int64) if own is None else np.asarray(own, np.int64)
+    extra = np.concatenate([own, np.broadcast_to(popular, (n_req, len(popular)))], axis=1)
+    ids = np.concatenate([topk_ids, extra], axis=1)
+    scores = np.concatenate([topk_scores, np.full(extra.shape, np.nan)], axis=1)
     ranks = np.broadcast_to(np.minimum(np.arange(ids.shape[1]), k), ids.shape)  # [R, K + P]
     keep = ids > 0  # [R, K + P]
     n_items = int(ids.max(initial=0))
     row_users = np.repeat(np.arange(n_req), ids.shape[1]).reshape(ids.shape)
-    retrieved = pair_keys(row_users[:, :k][keep[:, :k]], ids[:, :k][keep[:, :k]], n_items)
-    dup = np.isin(pair_keys(row_users[:, k:], ids[:, k:], n_items), retrieved)  # [R, P]
-    keep[:, k:] &= ~dup
+    keys = pair_keys(row_users, ids, n_items)  # [R, K + O + P]
+    keep &= first_occurrence(keys)  # a track retrieved and owned (or popular) appears once
     indptr = np.zeros(n_req + 1, dtype=np.int64)
     np.cumsum(keep.sum(axis=1), out=indptr[1:])
     return Candidates(
@@ -100,6 +136,15 @@ def candidates_from_topk(
         retriever_score=scores[keep].astype(np.float32),
         retriever_rank=ranks[keep].astype(np.int32),
     )
+
+
+def first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """bool, the shape of ``keys``: True at the first occurrence of each key in row-major order."""
+    flat = keys.reshape(-1)
+    _, first = np.unique(flat, return_index=True)
+    out = np.zeros(flat.shape, dtype=bool)
+    out[first] = True
+    return out.reshape(keys.shape)
 
 
 def relabel_candidates(

@@ -21,6 +21,8 @@ with numpy. Columns, in :data:`FEATURES` order:
 | ``user_genre_share`` | ``user_genre_count / user_history_len`` | genre unknown |
 | ``tempo_dist`` | ``abs(tempo bucket - mean bucket of the recent plays)`` | either unknown |
 | ``track_length`` | track length in seconds | length unknown |
+| ``user_item_decay_{1,7,30}d`` | the user's plays of the track, each weighing ``exp(-age/tau)`` | never |
+| ``user_artist_decay_7d`` | the user's plays of the track's artist, decayed over 7 days | artist unknown |
 | ``acoustic_cos`` | cosine of the acoustic vector and the recent plays' mean | either unknown |
 
 Times are counted back from the request time.
@@ -61,6 +63,10 @@ SQL_FEATURES = (
     "user_genre_share",
     "tempo_dist",
     "track_length",
+    "user_item_decay_1d",
+    "user_item_decay_7d",
+    "user_item_decay_30d",
+    "user_artist_decay_7d",
 )
 FEATURES = (*SQL_FEATURES, "acoustic_cos")
 

@@ -28,11 +28,15 @@ from recmodel.core.columns import Columns, Window
 from recmodel.core.config import RankerConfig
 from recmodel.core.dataset import Dataset
 from recmodel.core.sql import SqlRunner, connect
+from recmodel.evaluation.topk import EMPTY
 from recmodel.ranker.candidates import (
     Candidates,
     candidate_labels,
     candidates_from_topk,
     finetune_requests,
+    order_within_requests,
+    own_tracks,
+    padded,
     popular_items,
     relabel_candidates,
 )
@@ -78,6 +82,42 @@ class Ranker:
         out = np.full(items.shape, np.nan)
         out[items > 0] = self.model.score(feats, cands.row_users)  # rows: valid ids, row-major
         return out
+
+    def rank(
+        self,
+        dataset: Dataset,
+        retriever: Any,
+        users: np.ndarray,
+        cfg: RankerConfig,
+        window: int,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The two-stage system as served: ``retriever``'s candidates re-ranked by the ranker.
+
+        The requests are ``users`` at their first event in ``window``, with every event before
+        the window as history (the protocol's query); candidates come from the three sources
+        of training (the retriever's top-K, the user's own tracks, popular tracks), their
+        retriever features from ``retriever`` itself.
+
+        Returns:
+            ``(items int64 [U, k], scores float64 [U, k])`` best first; rows with fewer than
+            ``k`` candidates end in ``EMPTY`` slots (score ``-inf``).
+        """
+        users = np.asarray(users, dtype=np.int64)
+        request_ts = dataset.request_ts(window)[users]
+        history = dataset.history(window)
+        ids, scores = retriever.recommend(history, users, cfg.n_candidates)
+        popular = popular_items(dataset.item_counts, cfg.n_popular_candidates)
+        own = own_tracks(history, users, request_ts, cfg.n_own_candidates, cfg.own_tau_days)
+        cands = candidates_from_topk(
+            users, request_ts, np.asarray(ids), np.asarray(scores), popular, own
+        )
+        feats = candidate_features(cands, history, dataset.items, dataset.item_counts)
+        score = self.model.score(feats, cands.row_users)
+        order = order_within_requests(cands.indptr, score)  # best first within each request
+        items = padded(cands.indptr, cands.items[order].astype(np.int64), EMPTY, width=k)
+        ranked = padded(cands.indptr, score[order], -np.inf, width=k)
+        return items[:, :k], ranked[:, :k]
 
 
 @dataclass
@@ -174,7 +214,10 @@ def retrieve_candidates(
     history = dataset.history(Window.FINETUNE)
     ids, scores = retriever.recommend(history, users, cfg.n_candidates)  # [R, K] each
     popular = popular_items(dataset.item_counts, cfg.n_popular_candidates)
-    return candidates_from_topk(users, request_ts, np.asarray(ids), np.asarray(scores), popular)
+    own = own_tracks(history, users, request_ts, cfg.n_own_candidates, cfg.own_tau_days)
+    return candidates_from_topk(
+        users, request_ts, np.asarray(ids), np.asarray(scores), popular, own
+    )
 
 
 def scores_table(

@@ -32,6 +32,7 @@ from recmodel.report.data import (
     prepare_inputs,
     winners,
 )
+from recmodel.report.kinds import REFERENCES, by_target_kind, kinds_markdown
 from recmodel.report.text import (
     failed_markdown,
     legend_markdown,
@@ -81,7 +82,7 @@ def build_report(
     models: dict[str, dict[str, Any]],
     protocol: dict[str, Any],
     cfg: EvalConfig,
-    reference_model: str = "sasrec_two_stage",
+    reference_model: str | None = None,
 ) -> Report:
     """Judge every model on the users of ``test_targets`` and lay the comparison out.
 
@@ -96,7 +97,9 @@ def build_report(
         protocol: split kind, windows, gap, ``filter_seen``, ...; the measured test users,
             targets, catalog size and ``ks`` are written over it.
         cfg: cut-offs and bootstrap settings.
-        reference_model: the model tested against every other one.
+        reference_model: the model tested against every other one; by default the system as
+            served (``two_stage_ranked``), else the retriever alone (``sasrec_two_stage``).
+            The retriever alone is tested against every model as well.
 
     Returns:
         The :class:`Report`.
@@ -107,6 +110,7 @@ def build_report(
     names = _order(set(models) | set(_recommended_models(recommendations)))
     failed = {m: _error(models[m]) for m in names if models.get(m, {}).get("status", "ok") != "ok"}
     evals = {m: evaluate_model(recommendations, m, inputs, ks) for m in names if m not in failed}
+    reference_model = reference_model or next((m for m in REFERENCES if m in evals), REFERENCES[-1])
     data = _report_data(names, evals, failed, models, inputs, protocol, cfg, reference_model)
     figures = _figures(data, evals, inputs, models)
     intro = "\n\n".join([TITLE, protocol_markdown(data["protocol"]), "## Results"])
@@ -177,6 +181,12 @@ def _report_data(
         "comparisons": {}
         if ref is None
         else {m: compare(ref, e, tested, cfg) for m, e in evals.items() if m != reference},
+        "comparisons_by_reference": {
+            r: {m: compare(evals[r], e, tested, cfg) for m, e in evals.items() if m != r}
+            for r in REFERENCES
+            if r in evals
+        },
+        "by_target_kind": by_target_kind(evals, cfg),
         "failed": failed,
         "winners": winners(evals, tested + [f"coverage@{max(cfg.ks)}"]),
         "training": {m: _training(models.get(m, {})) for m in names},
@@ -263,6 +273,7 @@ def _body_markdown(data: dict[str, Any]) -> str:
     parts = (
         legend_markdown(data),
         summary_markdown(data),
+        kinds_markdown(data),
         failed_markdown(data),
         notes_markdown(data),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 ABSENT = -1  # dense code of an id that is not in the vocabulary
 ALPHA = 0.05  # intervals cover 95%; tests have level 5%
+HEARD = "heard_before"  # test_targets: the user played the track before the test window
+TARGET_KINDS = ("repeat", "new")  # targets heard before the test window, and the others
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class EvalInputs:
         item_counts: int64 ``[N + 1]`` pre-test popularity counts indexed by item code.
         n_target_events: rows of ``test_targets``.
         n_targets: distinct (user, item) target pairs.
+        kinds: ``repeat`` / ``new`` -> the targets of that kind only (same rows), when
+            ``test_targets`` says which targets were heard before the test window.
     """
 
     user_ids: pa.Array
@@ -47,6 +51,7 @@ class EvalInputs:
     item_counts: np.ndarray
     n_target_events: int
     n_targets: int
+    kinds: dict[str, UserItems] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -68,6 +73,8 @@ class ModelEval:
             (k = the smallest cut-off) over all users.
         users_without_recs: test users with no recommendation row of this model.
         rows_outside_test: recommendation rows of users that are not test users (ignored).
+        by_kind: ``repeat`` / ``new`` -> the same metrics on the users with targets of that
+            kind, against those targets only (``summary`` and ``per_user``, as above).
     """
 
     summary: dict[str, float]
@@ -75,6 +82,7 @@ class ModelEval:
     rec_percentiles: np.ndarray
     users_without_recs: int
     rows_outside_test: int
+    by_kind: dict[str, ModelEval] = field(default_factory=dict)
 
 
 def prepare_inputs(test_targets: pa.Table, items: pa.Table) -> EvalInputs:
@@ -98,7 +106,12 @@ def prepare_inputs(test_targets: pa.Table, items: pa.Table) -> EvalInputs:
     _require_known(target_items, "test_targets", "item_id", "the catalog (items)")
     targets = _user_items(users, target_items + 1, len(user_ids))
     n_pairs = len(np.unique(users * (len(item_ids) + 1) + target_items + 1))
-    return EvalInputs(user_ids, item_ids, targets, counts, len(users), n_pairs)
+    kinds = {}
+    if HEARD in test_targets.column_names:
+        heard = test_targets.column(HEARD).to_numpy(zero_copy_only=False).astype(bool)
+        for kind, rows in zip(TARGET_KINDS, (heard, ~heard), strict=True):
+            kinds[kind] = _user_items(users[rows], target_items[rows] + 1, len(user_ids))
+    return EvalInputs(user_ids, item_ids, targets, counts, len(users), n_pairs, kinds)
 
 
 def evaluate_model(
@@ -125,7 +138,21 @@ def evaluate_model(
             inputs.n_users,
         )
     summary = {name: float(value) for name, value in result.summary.items()}
-    return ModelEval(summary, result.per_user, pct, missing, outside)
+    by_kind = {kind: _kind_eval(recs, targets, inputs) for kind, targets in inputs.kinds.items()}
+    return ModelEval(summary, result.per_user, pct, missing, outside, by_kind)
+
+
+def _kind_eval(recs: np.ndarray, targets: UserItems, inputs: EvalInputs) -> ModelEval:
+    """Metrics against one kind of target, over the users that have one."""
+    result = evaluate(
+        recs,
+        targets,
+        ks=(recs.shape[1],) if recs.shape[1] < 10 else (10, recs.shape[1]),
+        item_counts=inputs.item_counts,
+        n_items=inputs.n_items,
+    )
+    summary = {name: float(value) for name, value in result.summary.items()}
+    return ModelEval(summary, result.per_user, np.zeros(0), 0, 0)
 
 
 def recommendation_matrix(

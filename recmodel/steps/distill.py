@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 
-from recmodel.core.columns import Columns
+from recmodel.core.columns import Columns, Window
 from recmodel.core.sql import SqlRunner
 from recmodel.core.tables import TableRef, read_table
 from recmodel.distill.finetune import finetune_retriever
 from recmodel.distill.metrics import distillation_metrics
+from recmodel.evaluation.testset import REC_K
 from recmodel.ranker.model import build_ranker_scores
 from recmodel.ranker.score_tables import load_ranker_scores, with_original_ids
 from recmodel.retriever.checkpoint import load_retriever
@@ -23,11 +24,13 @@ from recmodel.steps.step_data import (
     checkpoint_of,
     load_step_data,
     maybe_fail,
+    model_result,
     q_counts,
     trained_result,
 )
 
-TWO_STAGE = "sasrec_two_stage"  # the finetuned retriever in the report
+TWO_STAGE = "sasrec_two_stage"  # the finetuned retriever alone, in the report
+RANKED = "two_stage_ranked"  # its candidates re-ranked by the ranker: the system as served
 
 
 def _retriever(checkpoint: dict, data: StepData, device: torch.device):
@@ -86,8 +89,9 @@ def finetune(
     """Distil the ranker into the retriever; evaluate it as ``sasrec_two_stage``.
 
     Returns:
-        ``(finetune_checkpoint, results, distillation)``: the weights, ``{TWO_STAGE: entry}``
-        for ``model_results``, and the distillation metrics of both retrievers.
+        ``(finetune_checkpoint, results, distillation)``: the weights, the entries of
+        ``sasrec_two_stage`` and (with the built-in ranker) ``two_stage_ranked`` for
+        ``model_results``, and the distillation metrics of both retrievers.
     """
     maybe_fail("finetune", tables)
     data = load_step_data(config, refs)
@@ -109,7 +113,9 @@ def finetune(
         progress=live.update,
     )
     live.finish(result.history)
-    entry = trained_result(data, TWO_STAGE, result, tables)
+    entries = {TWO_STAGE: trained_result(data, TWO_STAGE, result, tables)}
+    if ranker is not None:  # a production ranker's scores come without a model to re-rank
+        entries[RANKED] = ranked_result(data, ranker, result.model, tables)
     distillation = distillation_metrics(
         {"pretrain": pretrained, "finetune": result.model},
         data.dataset,
@@ -118,4 +124,14 @@ def finetune(
         n_candidates=cfg.ranker.n_candidates,
         device=device,
     )
-    return checkpoint_of(result), {TWO_STAGE: entry}, distillation
+    return checkpoint_of(result), entries, distillation
+
+
+def ranked_result(data: StepData, ranker: Any, retriever: Any, tables: Any) -> dict:
+    """``two_stage_ranked``: the test users' candidates of ``retriever`` ranked by ``ranker``."""
+    started = time.perf_counter()
+    items, scores = ranker.rank(
+        data.dataset, retriever, data.test.users, data.cfg.ranker, Window.TEST, REC_K
+    )
+    seconds = time.perf_counter() - started
+    return model_result(data, RANKED, items, scores, tables, recommend_seconds=seconds)

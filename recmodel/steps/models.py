@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from recmodel.baselines.registry import BuildOptions, build_baselines, run_baseline
+from recmodel.baselines.registry import BASELINES, BuildOptions, run_baseline
 from recmodel.core.tables import TableRef, read_table
 from recmodel.evaluation.testset import REC_K
 from recmodel.retriever.faults import inject_fault
@@ -125,14 +125,21 @@ def pretrain(
 
 
 def baselines(config: dict, refs: dict, tables: Any) -> dict:
-    """Fit every classic baseline and recommend for the test users; a failure is an entry."""
+    """Tune, refit and evaluate every classic baseline; a failure is an entry, not an error."""
     data = load_step_data(config, refs)
     cfg = data.cfg
     options = BuildOptions(chunk_items=cfg.eval.chunk_items)
     results = {}
-    for model in build_baselines(cfg.baselines, options=options):
+    for baseline in BASELINES.values():
         out = run_baseline(
-            model, data.dataset, data.test.users, data.test.histories, REC_K, cfg.eval.filter_seen
+            baseline,
+            cfg.baselines,
+            options,
+            data.dataset,
+            data.test.users,
+            data.test.histories,
+            REC_K,
+            cfg.eval.filter_seen,
         )
         if out["status"] != "ok":
             results[out["name"]] = {k: out[k] for k in ("status", "error", "traceback")}
@@ -145,7 +152,9 @@ def baselines(config: dict, refs: dict, tables: Any) -> dict:
             tables,
             fit_seconds=out["fit_seconds"],
             model_size=out["model_size"],
-            tuning=out.get("tuning"),
+            params=out["params"],
+            tuning=out["tuning"],
+            refit=out["refit"],
             history=[],
         )
     return results

@@ -20,6 +20,7 @@ from recmodel.steps.common import config_of
 
 log = logging.getLogger(__name__)
 
+HEARD = "heard_before"  # test_targets: the user played the track before the test window
 RANKER_KEYS = ("source", "auc", "ndcg@10", "n_requests", "n_candidates", "positive_rate")
 
 
@@ -53,7 +54,9 @@ def evaluated_targets(targets_ref: TableRef, cfg: PipelineConfig):
     kept = sample_test_users(users, cfg.eval)
     if len(kept) < len(users):
         targets = targets.filter(pc.is_in(targets.column(Columns.USER_IDX), value_set=kept))
-    return targets.select([Columns.USER, Columns.ITEM])
+    return targets.select(
+        [c for c in (Columns.USER, Columns.ITEM, HEARD) if c in targets.column_names]
+    )
 
 
 def publish_files(files: dict[str, str], root: str) -> dict[str, str]:

@@ -5,13 +5,17 @@
 -- Columns: row_id, retriever_score, retriever_rank, item_count, item_count_recent,
 --          user_history_len, user_item_count, secs_since_item, user_artist_count,
 --          user_artist_share, secs_since_artist, user_genre_count, user_genre_share,
---          tempo_dist, track_length. NULL means "unknown" (the model treats it as missing).
+--          tempo_dist, track_length, user_item_decay_1d, user_item_decay_7d,
+--          user_item_decay_30d, user_artist_decay_7d. NULL means "unknown" (the model treats
+--          it as missing).
 -- Inputs (registered views): ranker_candidates (row_id, user_idx, item_idx, request_ts,
 --          retriever_score, retriever_rank), ranker_history (user_idx, item_idx, ts: events
 --          strictly before each user's request), ranker_items (item_idx, artist_idx, genre_idx,
 --          tempo_bucket, track_length, item_count). Code 0 means unknown metadata.
 -- Params: $recent_start (int64 s): start of the "recent popularity" period;
 --         $recent_listens (int): how many of a user's last listens form the recent profile.
+-- Decayed plays: sum over the user's plays of exp(-age / tau), age from the play to the
+-- request, tau of 1, 7 and 30 days: re-listening from the whole history in wall-clock time.
 
 with
 
@@ -50,18 +54,36 @@ item_recent as (
     group by item_idx
 ),
 
+requests as (
+    select distinct user_idx, request_ts from candidates
+),
+
 user_item as (
-    select user_idx, item_idx, count(*) as n, max(ts) as last_ts
+    select
+        history.user_idx,
+        history.item_idx,
+        count(*) as n,
+        max(history.ts) as last_ts,
+        sum(exp(-(requests.request_ts - history.ts) / 86400.0)) as decay_1d,
+        sum(exp(-(requests.request_ts - history.ts) / (7 * 86400.0))) as decay_7d,
+        sum(exp(-(requests.request_ts - history.ts) / (30 * 86400.0))) as decay_30d
     from history
+    join requests using (user_idx)
     semi join candidates using (user_idx, item_idx)
-    group by user_idx, item_idx
+    group by history.user_idx, history.item_idx
 ),
 
 user_artist as (
-    select user_idx, artist_idx, count(*) as n, max(ts) as last_ts
+    select
+        history_meta.user_idx,
+        history_meta.artist_idx,
+        count(*) as n,
+        max(history_meta.ts) as last_ts,
+        sum(exp(-(requests.request_ts - history_meta.ts) / (7 * 86400.0))) as decay_7d
     from history_meta
-    where artist_idx > 0
-    group by user_idx, artist_idx
+    join requests using (user_idx)
+    where history_meta.artist_idx > 0
+    group by history_meta.user_idx, history_meta.artist_idx
 ),
 
 user_genre as (
@@ -93,7 +115,12 @@ final as (
         case
             when i.tempo_bucket > 0 then abs(i.tempo_bucket - up.recent_tempo)
         end::double as tempo_dist,
-        i.track_length::double as track_length
+        i.track_length::double as track_length,
+        coalesce(ui.decay_1d, 0)::double as user_item_decay_1d,
+        coalesce(ui.decay_7d, 0)::double as user_item_decay_7d,
+        coalesce(ui.decay_30d, 0)::double as user_item_decay_30d,
+        case when i.artist_idx > 0 then coalesce(ua.decay_7d, 0) end::double
+            as user_artist_decay_7d
     from candidates as c
     join items as i using (item_idx)
     left join user_profile as up using (user_idx)

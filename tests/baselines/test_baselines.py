@@ -8,29 +8,27 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from recmodel.baselines.als import _validation
+from recmodel.baselines.als import ALS
 from recmodel.baselines.base import (
     EMPTY,
+    Recommender,
     fill_popular,
     implicit_scope,
     play_matrix,
     top_k_per_row,
 )
+from recmodel.baselines.knn import ItemKNN
 from recmodel.baselines.registry import (
-    ALS,
     BASELINES,
+    Baseline,
     BuildOptions,
-    ItemKNN,
-    Popularity,
-    Recommender,
-    UserPopular,
     build_baselines,
     run_baseline,
 )
+from recmodel.baselines.simple import Popularity, UserPopular
 from recmodel.core.columns import Window
 from recmodel.core.config import BaselinesConfig
 from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
-from recmodel.evaluation.metrics import evaluate
 
 PRE, FT, VAL, TEST = Window.PRETRAIN, Window.FINETUNE, Window.VAL, Window.TEST
 
@@ -349,9 +347,9 @@ def test_itemknn_ignores_items_seen_only_after_training():
 # --------------------------------------------------------------------------- ALS
 
 
-def small_als(**grid) -> ALS:
+def small_als(**setting) -> ALS:
     # Two factors: the rank of the two-block structure (more of them overfit 60 users).
-    params = {"factors": (2,), "regularization": (0.01,), "alpha": (5.0,), **grid}
+    params = {"factors": 2, "regularization": 0.01, "alpha": 5.0, **setting}
     return ALS(**params, iterations=10, seed=0, num_threads=1)
 
 
@@ -368,35 +366,6 @@ def test_als_learns_two_blocks():
     assert set(items[1].tolist()) == block_b - {7, 9}
     assert set(items[2, :3].tolist()) == block_a - {3, 4, 5}  # then the best of block B
     assert set(items[3].tolist()) == block_b - {11, 12}
-    assert model.tuning[0]["ndcg@10"] > 0.5
-
-
-def test_als_grid_records_every_point_and_keeps_the_best(monkeypatch):
-    # Validation prefers 8 factors and then the larger regularization; the grid visits it
-    # neither first nor last, so neither default nor last-wins could pass.
-    def fake_validate(self, val):
-        return float(-abs(self._model.factors - 8) + self._model.regularization)
-
-    monkeypatch.setattr(ALS, "_validate", fake_validate)
-    model = small_als(factors=(2, 8, 16), regularization=(0.01, 0.1), alpha=(1.0,))
-    model.fit(two_blocks())
-    assert [(t["factors"], t["regularization"]) for t in model.tuning] == [
-        (2, 0.01), (2, 0.1), (8, 0.01), (8, 0.1), (16, 0.01), (16, 0.1),
-    ]  # fmt: skip
-    assert model.params == {"factors": 8, "regularization": 0.1, "alpha": 1.0}
-    assert model._model.item_factors.shape == (13, 8)
-
-
-def test_als_validation_score_is_evaluate_of_its_own_recommendations():
-    data = two_blocks()
-    model = small_als(factors=(2, 3)).fit(data)
-    best = max(model.tuning, key=lambda t: t["ndcg@10"])
-    assert model.params["factors"] == best["factors"]
-    val = _validation(data)
-    assert val.users.tolist() == list(range(data.n_users))
-    items, _ = model.recommend(val.histories, val.users, 10)
-    result = evaluate(items, val.targets, ks=(10,), item_counts=model.item_counts, n_items=12)
-    assert result.summary["ndcg@10"] == pytest.approx(best["ndcg@10"])
 
 
 def test_als_is_deterministic_and_blind_to_later_windows():
@@ -404,15 +373,16 @@ def test_als_is_deterministic_and_blind_to_later_windows():
     first, second = small_als().fit(data), small_als().fit(data)
     np.testing.assert_array_equal(first._model.item_factors, second._model.item_factors)
     np.testing.assert_array_equal(first._model.item_factors[5], 0.0)  # played after training
-    # Five tracks: validation ranks all of them and pads the top-10 with empty slots.
-    assert len(first.tuning) == 1 and 0 < first.tuning[0]["ndcg@10"] <= 1
 
 
-def test_als_without_validation_users_keeps_the_first_point():
-    events = [(u, i, 1, PRE) for u in range(4) for i in (1, 2, 3)] + [(0, 1, 9, TEST)]
-    model = small_als(factors=(3, 2)).fit(make_dataset(events, n_users=4, n_items=3))
-    assert [np.isnan(t["ndcg@10"]) for t in model.tuning] == [True, True]
-    assert model.params["factors"] == 3
+def test_fit_before_reads_exactly_the_earlier_windows():
+    data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    for before in (FT, VAL, TEST):
+        model = Popularity().fit(data, before=before)
+        expected = np.bincount(data.item_idx[data.window < before], minlength=6)
+        np.testing.assert_array_equal(model.item_counts[1:], expected[1:])
+    with pytest.raises(ValueError, match="never fits on the test window"):
+        Popularity().fit(data, before=TEST + 1)
 
 
 # --------------------------------------------------------------------------- every model
@@ -422,7 +392,7 @@ def test_als_without_validation_users_keeps_the_first_point():
 @pytest.mark.parametrize("filter_seen", [False, True])
 def test_every_baseline_returns_full_valid_rows(name, filter_seen):
     data = random_dataset(seed=11)
-    cfg = BaselinesConfig(itemknn_neighbours=5, als_factors=(4,), als_iterations=5)
+    cfg = BaselinesConfig(itemknn_neighbours=(5,), als_factors=(4,), als_iterations=5)
     (model,) = build_baselines(cfg, [name], BuildOptions(num_threads=1))
     model.fit(data)
     histories = data.history(TEST)
@@ -450,15 +420,22 @@ def test_play_matrix_counts_plays_without_reordering_its_input():
     assert histories.items.tolist() == [3, 1, 3, 2]
 
 
-def test_build_baselines_passes_the_config():
+def test_build_baselines_takes_the_first_setting_of_each_grid():
     cfg = BaselinesConfig(
-        itemknn_neighbours=7, itemknn_weighting="cosine", als_factors=(3, 5), seed=4
+        itemknn_neighbours=(7, 9), itemknn_weighting=("cosine",), als_factors=(3, 5), seed=4
     )
     models = build_baselines(cfg)
-    assert [m.name for m in models] == ["popularity", "user_popular", "itemknn", "als"]
-    knn, als = models[2], models[3]
+    assert [m.name for m in models] == [
+        "popularity", "user_popular", "user_recent", "itemknn", "als",
+    ]  # fmt: skip
+    knn, als = models[3], models[4]
     assert (knn.neighbours, knn.weighting) == (7, "cosine")
-    assert als.grid == [(3, 0.01, 10.0), (5, 0.01, 10.0)] and als.seed == 4
+    assert (als.factors, als.regularization, als.alpha, als.seed) == (3, 0.01, 1.0, 4)
+    assert BASELINES["als"].grid(cfg)[:2] == [
+        {"factors": 3, "regularization": 0.01, "alpha": 1.0},
+        {"factors": 3, "regularization": 0.01, "alpha": 10.0},
+    ]
+    assert len(BASELINES["als"].grid(cfg)) == 2 * 3 * 4
     with pytest.raises(ValueError, match="unknown baseline"):
         build_baselines(cfg, ["popularity", "svd"])
 
@@ -488,10 +465,19 @@ class Exploding(Recommender):
         raise AssertionError
 
 
+def run(name_or_baseline, data, users, k, cfg=None):
+    baseline = (
+        BASELINES[name_or_baseline] if isinstance(name_or_baseline, str) else name_or_baseline
+    )
+    cfg = cfg or BaselinesConfig()
+    return run_baseline(baseline, cfg, BuildOptions(1), data, users, data.history(TEST), k, False)
+
+
 def test_run_baseline_reports_a_failure(caplog):
     data = make_dataset(HANDMADE, n_users=3, n_items=5)
+    exploding = Baseline("exploding", lambda cfg: [{}], lambda p, cfg, opts: Exploding())
     with caplog.at_level(logging.ERROR, logger="recmodel.baselines.registry"):
-        out = run_baseline(Exploding(), data, np.array([0]), data.history(TEST), 2, False)
+        out = run(exploding, data, np.array([0]), 2)
     assert out["status"] == "failed" and out["name"] == "exploding"
     assert out["error"] == "RuntimeError: boom"
     assert "raise RuntimeError" in out["traceback"]
@@ -500,13 +486,14 @@ def test_run_baseline_reports_a_failure(caplog):
 
 def test_run_baseline_returns_recommendations_and_timings():
     data = make_dataset(HANDMADE, n_users=3, n_items=5)
-    out = run_baseline(UserPopular(), data, np.array([2, 0]), data.history(TEST), 4, False)
+    out = run("user_popular", data, np.array([2, 0]), 4)
     assert out["status"] == "ok" and out["name"] == "user_popular"
     assert out["items"].shape == out["scores"].shape == (2, 4)
     # User 0 heard 3 twice, then 1 and 5 once (5 later, in the finetune window); fill: 2.
     assert out["items"][1].tolist() == [3, 5, 1, 2]
     assert out["fit_seconds"] >= 0 and out["recommend_seconds"] >= 0
-    assert out["model_size"] == 6 and out["tuning"] == []
+    assert out["model_size"] == 6 and out["tuning"] == [] and out["params"] == {}
+    assert "refit on every event before the test window" in out["refit"]
 
 
 def test_model_sizes():

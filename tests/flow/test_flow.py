@@ -17,11 +17,13 @@ FLOW = ROOT / "flows" / "two_stage.py"
 MODELS = (
     "popularity",
     "user_popular",
+    "user_recent",
     "itemknn",
     "als",
     "sasrec_no_logq",
     "sasrec_pretrain",
     "sasrec_two_stage",
+    "two_stage_ranked",
 )
 
 

@@ -318,6 +318,7 @@ def test_vocabulary_order_and_metadata_codes(tmp_path):
         "item_id": [10, 30, 20],
         "user_idx": [0, 1, 2],
         "item_idx": [2, 1, 3],
+        "heard_before": [True, True, False],  # users 1 and 2 replay a track, user 3 does not
     }
 
 
@@ -621,6 +622,8 @@ def test_matches_brute_force_reference(tmp_path, seed, protocol):
     assert table(result, "users")["user_id"] == users
     got_targets = table(result, "test_targets")
     assert list(zip(got_targets["user_idx"], got_targets["item_idx"], strict=True)) == targets
+    heard = {(e[0], e[1]) for e in events if e[3] < 3}
+    assert got_targets["heard_before"] == [t in heard for t in targets]
     assert len(targets) > 10 and len(vocab) > 10
 
 

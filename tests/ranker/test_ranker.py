@@ -121,6 +121,11 @@ def _handmade():
     return dataset_from_events(np.array(events), 2, items)
 
 
+def d(tau_days: float, *ages: float) -> float:
+    """Plays ``ages`` seconds before a request, each weighing exp(-age / tau)."""
+    return sum(np.exp(-a / (tau_days * 86_400.0)) for a in ages)
+
+
 def test_features_exact_on_a_handmade_history(monkeypatch):
     monkeypatch.setattr(rf, "RECENT_LISTENS", 2)  # user 0's profile: items 1 (t=300), 3 (t=400)
     monkeypatch.setattr(rf, "RECENT_POPULARITY_SECONDS", 150)  # recent = t >= 401 - 150
@@ -154,6 +159,18 @@ def test_features_exact_on_a_handmade_history(monkeypatch):
         "user_genre_share": [0.75, 0.75, NAN, 0.25, 1.0, NAN],
         "tempo_dist": [0.0, NAN, 1.0, 2.0, 0.0, 1.0],
         "track_length": [100, NAN, 300, 200, 200, 300],
+        # plays before each request, decayed by age: user 0 asks at 1000, user 1 at 900
+        "user_item_decay_1d": [d(1, 900, 700), d(1, 600), 0, d(1, 800), d(1, 850), 0],
+        "user_item_decay_7d": [d(7, 900, 700), d(7, 600), 0, d(7, 800), d(7, 850), 0],
+        "user_item_decay_30d": [d(30, 900, 700), d(30, 600), 0, d(30, 800), d(30, 850), 0],
+        "user_artist_decay_7d": [
+            d(7, 900, 800, 700),  # artist 1: tracks 1, 2, 1
+            d(7, 600),
+            NAN,
+            d(7, 900, 800, 700),
+            d(7, 850),
+            NAN,
+        ],
         "acoustic_cos": [
             cos([1, 0], [1, 0.5]),
             cos([1, 1], [1, 0.5]),
@@ -216,6 +233,8 @@ def reference_features(ds, cands, recent_listens, recent_seconds):
                     if it.tempo_bucket[i] > 0 and tempos
                     else NAN,
                     it.track_length[i],
+                    *(d(tau, *(req - t for t in plays)) for tau in (1, 7, 30)),
+                    d(7, *(req - t for t in art)) if a > 0 else NAN,
                     cos,
                 ]
             )

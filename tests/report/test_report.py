@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
 import pytest
 
 from recmodel.core.config import EvalConfig
@@ -339,3 +340,39 @@ def test_metric_labels_shared_by_tables_and_figures():
     assert pretty_metric("pop_pct@100") == "Popularity pct@100"
     assert pretty_metric("mrr@5") == "mrr@5"  # no label: kept as it is
     assert pretty_metric("coverage") == "Coverage"
+
+
+def test_repeat_and_new_targets_equal_plain_loops_on_their_own_targets():
+    case = _random_case(seed=5)
+    rng = np.random.default_rng(5)
+    heard = rng.random(case["targets"].num_rows) < 0.6
+    targets = case["targets"].append_column("heard_before", pa.array(heard))
+    report = build_report(case["recs"], targets, case["items"], {}, PROTOCOL, FAST)
+    kinds = report.data["by_target_kind"]
+    assert set(kinds) == {"repeat", "new"}
+    for kind, keep in (("repeat", heard), ("new", ~heard)):
+        subset = targets.filter(pa.array(keep))
+        assert kinds[kind]["n_users"] == len(set(subset["user_id"].to_pylist()))
+        for model in ("popularity", "als", "sasrec_two_stage"):
+            want = _brute_force(case["recs"], subset, case["items"], model)
+            got = kinds[kind]["metrics"][model]
+            assert got["ndcg@10"] == pytest.approx(want["ndcg@10"])
+            assert got["recall@100"] == pytest.approx(want["recall@100"])
+    # the retriever alone is the reference here (no two_stage_ranked): its tests are there
+    tests = kinds["new"]["comparisons_by_reference"]["sasrec_two_stage"]["als"]
+    assert set(tests) == {"ndcg@10", "recall@100"}
+    assert "## Repeat and new targets" in report.markdown
+
+
+def test_the_served_system_is_the_reference_and_the_retriever_is_tested_too():
+    case = _random_case(seed=6)
+    recs = case["recs"]
+    ranked = recs.filter(pa.compute.equal(recs["model"], "als"))
+    ranked = ranked.set_column(0, "model", pa.array(["two_stage_ranked"] * ranked.num_rows))
+    report = build_report(
+        pa.concat_tables([recs, ranked]), case["targets"], case["items"], {}, PROTOCOL, FAST
+    )
+    assert report.data["reference_model"] == "two_stage_ranked"
+    assert set(report.data["comparisons_by_reference"]) == {"two_stage_ranked", "sasrec_two_stage"}
+    same = report.data["comparisons"]["als"]["ndcg@10"]  # identical lists: a zero difference
+    assert same["diff"] == 0.0 and not same["significant"]

@@ -19,8 +19,8 @@ from tests.helpers.pipeline import run_steps
 SMALL = {"n_users": 160, "n_tracks": 700, "n_artists": 70}
 FAST = {"train": {"epochs": 1}, "finetune": {"epochs": 1}, "eval": {"bootstrap_samples": 50}}
 MODELS = {
-    "popularity", "user_popular", "itemknn", "als", "sasrec_no_logq", "sasrec_pretrain",
-    "sasrec_two_stage",
+    "popularity", "user_popular", "user_recent", "itemknn", "als", "sasrec_no_logq",
+    "sasrec_pretrain", "sasrec_two_stage", "two_stage_ranked",
 }  # fmt: skip
 
 
