@@ -38,6 +38,8 @@ class CrossFitted:
         n_folds, seed: the fold hash.
         columns: int ``[F']`` the feature columns the models use (see :func:`usable_columns`).
         dropped: column index -> why it was left out.
+        serving: a model fit on every row, for requests outside the training requests (a later
+            window, whose labels no fold model saw either): it has all the data.
     """
 
     models: list[Any]
@@ -45,6 +47,7 @@ class CrossFitted:
     seed: int
     columns: np.ndarray
     dropped: dict[int, str]
+    serving: Any = None
 
     def folds(self, users: np.ndarray) -> np.ndarray:
         return user_folds(users, self.n_folds, self.seed)
@@ -59,6 +62,13 @@ class CrossFitted:
                 if rows.any():
                     out[rows] = model.decision_function(features[rows][:, self.columns])
         return out
+
+    def score_new(self, features: np.ndarray) -> np.ndarray:
+        """float64 ``[N]``: log-odds of rows of new requests, from the all-rows model."""
+        if len(features) == 0:
+            return np.zeros(0)
+        with gbm_threads(len(features)):
+            return self.serving.decision_function(features[:, self.columns])
 
 
 def usable_columns(
@@ -102,6 +112,7 @@ def cross_fit(
     seed: int,
     make_model: Callable[[], Any],
     trainable: np.ndarray | None = None,
+    excluded: dict[int, str] | None = None,
 ) -> tuple[CrossFitted, np.ndarray]:
     """Fit one model per fold on the other folds' users; score every row out of fold.
 
@@ -113,6 +124,7 @@ def cross_fit(
         make_model: a new unfitted classifier with ``fit`` and ``decision_function``.
         trainable: bool ``[N]``, rows a model may be fit on (None: all); the others are only
             scored.
+        excluded: columns left out on purpose, with the reason.
 
     Returns:
         The fold models and float64 ``[N]`` out-of-fold scores.
@@ -125,6 +137,8 @@ def cross_fit(
     trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
     train_rows = [(folds != k) & trainable for k in range(n_folds)]
     columns, dropped = usable_columns(features, train_rows)
+    dropped = {**dropped, **(excluded or {})}
+    columns = np.array([j for j in columns if j not in dropped], dtype=np.int64)
     if len(columns) == 0:
         raise ValueError(f"no ranker feature varies over the candidates: {dropped}")
     models = []
@@ -139,7 +153,10 @@ def cross_fit(
         with gbm_threads(int(train.sum())):
             model.fit(features[train][:, columns], labels[train])
         models.append(model)
-    fitted = CrossFitted(models, n_folds, seed, columns, dropped)
+    serving = make_model()
+    with gbm_threads(len(labels)):
+        serving.fit(features[:, columns], labels)
+    fitted = CrossFitted(models, n_folds, seed, columns, dropped, serving)
     return fitted, fitted.score(features, users)
 
 

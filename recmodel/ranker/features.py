@@ -23,6 +23,7 @@ with numpy. Columns, in :data:`FEATURES` order:
 | ``track_length`` | track length in seconds | length unknown |
 | ``user_item_decay_{1,7,30}d`` | the user's plays of the track, each weighing ``exp(-age/tau)`` | never |
 | ``user_artist_decay_7d`` | the user's plays of the track's artist, decayed over 7 days | artist unknown |
+| ``user_item_decay_rank`` | rank (1 = first) by ``user_item_decay_7d`` among the request's candidates the user played | never played |
 | ``acoustic_cos`` | cosine of the acoustic vector and the recent plays' mean | either unknown |
 
 Times are counted back from the request time.
@@ -67,6 +68,7 @@ SQL_FEATURES = (
     "user_item_decay_7d",
     "user_item_decay_30d",
     "user_artist_decay_7d",
+    "user_item_decay_rank",
 )
 FEATURES = (*SQL_FEATURES, "acoustic_cos")
 

@@ -113,7 +113,7 @@ class Ranker:
             users, request_ts, np.asarray(ids), np.asarray(scores), popular, own
         )
         feats = candidate_features(cands, history, dataset.items, dataset.item_counts)
-        score = self.model.score(feats, cands.row_users)
+        score = self.model.score_new(feats)
         order = order_within_requests(cands.indptr, score)  # best first within each request
         items = padded(cands.indptr, cands.items[order].astype(np.int64), EMPTY, width=k)
         ranked = padded(cands.indptr, score[order], -np.inf, width=k)
@@ -173,6 +173,7 @@ def build_ranker_scores(
         cfg.seed,
         lambda: make_classifier(cfg),
         trainable,
+        excluded=excluded_features(cfg),
     )
     folds = model.folds(cands.row_users)
     quality = ranker_quality(cands, labels, oof, folds, dataset.item_counts)
@@ -201,6 +202,17 @@ def _with_features(table: pa.Table, feats: np.ndarray) -> pa.Table:
         column = feats[:, j].astype(np.int32) if name == "retriever_rank" else feats[:, j]
         table = table.append_column(name, pa.array(column))
     return table
+
+
+RETRIEVER_FEATURES = ("retriever_score", "retriever_rank")
+
+
+def excluded_features(cfg: RankerConfig) -> dict[int, str]:
+    """The retriever's own score and rank, unless ``cfg.retriever_features`` keeps them."""
+    if cfg.retriever_features:
+        return {}
+    why = "ranker.retriever_features = false: served candidates come from another retriever"
+    return {FEATURES.index(name): why for name in RETRIEVER_FEATURES}
 
 
 def retrieve_candidates(

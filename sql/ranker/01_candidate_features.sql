@@ -6,8 +6,8 @@
 --          user_history_len, user_item_count, secs_since_item, user_artist_count,
 --          user_artist_share, secs_since_artist, user_genre_count, user_genre_share,
 --          tempo_dist, track_length, user_item_decay_1d, user_item_decay_7d,
---          user_item_decay_30d, user_artist_decay_7d. NULL means "unknown" (the model treats
---          it as missing).
+--          user_item_decay_30d, user_artist_decay_7d, user_item_decay_rank. NULL means
+--          "unknown" (the model treats it as missing).
 -- Inputs (registered views): ranker_candidates (row_id, user_idx, item_idx, request_ts,
 --          retriever_score, retriever_rank), ranker_history (user_idx, item_idx, ts: events
 --          strictly before each user's request), ranker_items (item_idx, artist_idx, genre_idx,
@@ -73,6 +73,14 @@ user_item as (
     group by history.user_idx, history.item_idx
 ),
 
+user_item_ranked as (
+    -- among the request's candidates the user played: 1 = the most played lately (7 days)
+    select
+        *,
+        rank() over (partition by user_idx order by decay_7d desc) as decay_rank
+    from user_item
+),
+
 user_artist as (
     select
         history_meta.user_idx,
@@ -120,12 +128,13 @@ final as (
         coalesce(ui.decay_7d, 0)::double as user_item_decay_7d,
         coalesce(ui.decay_30d, 0)::double as user_item_decay_30d,
         case when i.artist_idx > 0 then coalesce(ua.decay_7d, 0) end::double
-            as user_artist_decay_7d
+            as user_artist_decay_7d,
+        ui.decay_rank::double as user_item_decay_rank
     from candidates as c
     join items as i using (item_idx)
     left join user_profile as up using (user_idx)
     left join item_recent as ir using (item_idx)
-    left join user_item as ui using (user_idx, item_idx)
+    left join user_item_ranked as ui using (user_idx, item_idx)
     left join user_artist as ua on ua.user_idx = c.user_idx and ua.artist_idx = i.artist_idx
     left join user_genre as ug on ug.user_idx = c.user_idx and ug.genre_idx = i.genre_idx
 )

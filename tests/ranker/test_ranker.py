@@ -19,6 +19,7 @@ from recmodel.ranker.candidates import (
     candidates_from_topk,
     finetune_requests,
     order_within_requests,
+    own_tracks,
     padded,
     popular_items,
     relabel_candidates,
@@ -171,6 +172,7 @@ def test_features_exact_on_a_handmade_history(monkeypatch):
             d(7, 850),
             NAN,
         ],
+        "user_item_decay_rank": [1, 2, NAN, 3, 1, NAN],  # by 7-day decay among played candidates
         "acoustic_cos": [
             cos([1, 0], [1, 0.5]),
             cos([1, 1], [1, 0.5]),
@@ -205,6 +207,11 @@ def reference_features(ds, cands, recent_listens, recent_seconds):
         tempos = [it.tempo_bucket[i] for i in recent if it.tempo_bucket[i] > 0]
         vecs = [it.acoustic[i].astype(float) for i in recent if it.has_acoustic[i]]
         profile = np.mean(vecs, axis=0) if vecs else None
+        played = {
+            int(j): d(7, *(req - t for t, jj in ev if jj == j))
+            for j in cands.items[cands.indptr[r] : cands.indptr[r + 1]]
+            if any(jj == j for _, jj in ev)
+        }
         for row in range(cands.indptr[r], cands.indptr[r + 1]):
             i = int(cands.items[row])
             a, g = it.artist[i], it.genre[i]
@@ -235,6 +242,7 @@ def reference_features(ds, cands, recent_listens, recent_seconds):
                     it.track_length[i],
                     *(d(tau, *(req - t for t in plays)) for tau in (1, 7, 30)),
                     d(7, *(req - t for t in art)) if a > 0 else NAN,
+                    1 + sum(v > played[i] for v in played.values()) if i in played else NAN,
                     cos,
                 ]
             )
@@ -469,7 +477,9 @@ def test_build_ranker_scores_materializes_out_of_fold_scores(toy):
     assert q["n_candidates"] == table.num_rows and q["n_requests"] == len(np.unique(users))
     assert q["auc"] > 0.6  # the toy label follows the favourite artist, a feature
     assert q["ndcg@10"]["ranker"] > q["ndcg@10"]["retriever"]  # the retriever here is noise
-    assert set(q["importance"]) == set(FEATURES)
+    assert set(q["importance"]) == set(q["features_used"])  # what the models use, no more
+    assert set(q["features_used"]) | set(q["features_dropped"]) == set(FEATURES)
+    assert q["features_dropped"]["retriever_score"].startswith("ranker.retriever_features")
     assert result.candidates.num_rows == table.num_rows
     assert set(FEATURES) <= set(result.candidates.column_names)
 
@@ -583,3 +593,43 @@ def test_unknown_ranker_scores_file_type(tmp_path):
     path.write_text("{}")
     with pytest.raises(InputError, match="scores.json.*Parquet"):
         check_ranker_scores_file(path)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_own_tracks_match_a_per_request_loop(seed):
+
+    ds = toy_dataset(n_users=15, n_items=20, seed=seed)
+    history = ds.history(Window.FINETUNE)
+    users, request_ts = finetune_requests(ds)
+    got = own_tracks(history, users, request_ts, 4, tau_days=2.0)
+    for r, (u, req) in enumerate(zip(users, request_ts, strict=True)):
+        score, last = {}, {}
+        for pos, (i, t) in enumerate(zip(history.row(u), history.row_ts(u), strict=True)):
+            score[int(i)] = score.get(int(i), 0.0) + math.exp(-(req - t) / (2.0 * 86_400))
+            last[int(i)] = pos
+        ranked = sorted(score, key=lambda i: (-score[i], -last[i]))[:4]
+        assert got[r].tolist() == ranked + [0] * (4 - len(ranked))
+
+
+def test_rank_orders_each_requests_candidates_by_the_serving_model(toy):
+    """two_stage_ranked: the three candidate sources, ordered by the all-rows model's score."""
+    ds, result = toy
+    retriever = FakeRetriever(ds.n_users, ds.n_items, seed=3)
+    users = ds.users_with_events(Window.TEST, min_history=1)
+    items, scores = result.ranker.rank(ds, retriever, users, CFG, Window.TEST, 8)
+    assert items.shape == scores.shape == (len(users), 8)
+    assert np.all(np.diff(scores, axis=1) <= 0)  # best first
+    history = ds.history(Window.TEST)
+    request_ts = ds.request_ts(Window.TEST)[users]
+    ids, logits = retriever.recommend(history, users, CFG.n_candidates)
+    own = own_tracks(history, users, request_ts, CFG.n_own_candidates, CFG.own_tau_days)
+    popular = popular_items(ds.item_counts, CFG.n_popular_candidates)
+    cands = candidates_from_topk(users, request_ts, ids, logits, popular, own)
+    feats = candidate_features(cands, history, ds.items, ds.item_counts)
+    model = result.ranker.model
+    plain = model.serving.decision_function(feats[:, model.columns])
+    for r in range(len(users)):
+        rows = range(cands.indptr[r], cands.indptr[r + 1])
+        best = sorted(rows, key=lambda j: (-plain[j], j))[:8]
+        assert items[r].tolist() == [int(cands.items[j]) for j in best]
+        np.testing.assert_allclose(scores[r], plain[best], rtol=1e-12)

@@ -70,7 +70,7 @@ def test_events_without_an_items_file(tmp_path):
     assert_complete(out)
     cardinalities = out["finetune_checkpoint"]["model_config"]["cardinalities"]
     assert set(cardinalities.values()) == {1}  # every code "unknown": the tower is ids alone
-    assert "retriever_score" in out["ranker_quality"]["features_used"]
+    assert "user_item_decay_7d" in out["ranker_quality"]["features_used"]
 
 
 @pytest.mark.slow
