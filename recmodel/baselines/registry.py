@@ -17,7 +17,6 @@ validation and test requests.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import traceback
@@ -31,7 +30,13 @@ from recmodel.baselines.als import ALS
 from recmodel.baselines.base import Recommender
 from recmodel.baselines.knn import ItemKNN
 from recmodel.baselines.simple import Popularity, UserPopular, UserRecent
-from recmodel.baselines.tuning import REFIT_RULE, tune_and_refit, validation_requests
+from recmodel.baselines.tuning import (
+    REFIT_RULE,
+    Axes,
+    grid_points,
+    tune_and_refit,
+    validation_requests,
+)
 from recmodel.core.config import BaselinesConfig
 from recmodel.core.dataset import Dataset, UserItems
 
@@ -49,15 +54,11 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class Baseline:
-    """A baseline: its grid of settings from the config, and how a setting becomes a model."""
+    """A baseline: its tuning axes from the config, and how a setting becomes a model."""
 
     name: str
-    grid: Callable[[BaselinesConfig], list[dict[str, Any]]]
+    axes: Callable[[BaselinesConfig], Axes]
     build: Callable[[dict[str, Any], BaselinesConfig, BuildOptions], Recommender]
-
-
-def _product(**axes: Sequence[Any]) -> list[dict[str, Any]]:
-    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
 
 
 def _als(point: dict, cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
@@ -72,27 +73,29 @@ def _als(point: dict, cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
 
 
 BASELINES: dict[str, Baseline] = {
-    "popularity": Baseline("popularity", lambda cfg: [{}], lambda p, cfg, opts: Popularity()),
-    "user_popular": Baseline("user_popular", lambda cfg: [{}], lambda p, cfg, opts: UserPopular()),
+    "popularity": Baseline("popularity", lambda cfg: {}, lambda p, cfg, opts: Popularity()),
+    "user_popular": Baseline("user_popular", lambda cfg: {}, lambda p, cfg, opts: UserPopular()),
     "user_recent": Baseline(
         "user_recent",
-        lambda cfg: _product(tau_days=cfg.user_recent_tau_days),
+        lambda cfg: {"tau_days": cfg.user_recent_tau_days},
         lambda p, cfg, opts: UserRecent(**p),
     ),
     "itemknn": Baseline(
         "itemknn",
-        lambda cfg: _product(neighbours=cfg.itemknn_neighbours, weighting=cfg.itemknn_weighting),
+        lambda cfg: {"neighbours": cfg.itemknn_neighbours, "weighting": cfg.itemknn_weighting},
         lambda p, cfg, opts: ItemKNN(**p, num_threads=opts.num_threads),
     ),
     "als": Baseline(
         "als",
-        lambda cfg: _product(
-            factors=cfg.als_factors, regularization=cfg.als_regularization, alpha=cfg.als_alpha
-        ),
+        lambda cfg: {
+            "factors": cfg.als_factors,
+            "regularization": cfg.als_regularization,
+            "alpha": cfg.als_alpha,
+        },
         _als,
     ),
 }
-"""Model name (as in the report) -> its grid and builder."""
+"""Model name (as in the report) -> its tuning axes and builder."""
 
 
 def build_baselines(
@@ -100,7 +103,7 @@ def build_baselines(
     names: Sequence[str] | None = None,
     options: BuildOptions | None = None,
 ) -> list[Recommender]:
-    """Unfitted baselines at the first setting of each grid (tests, quick uses).
+    """Unfitted baselines at the first setting of each axis (tests, quick uses).
 
     Args:
         cfg: the ``[baselines]`` section.
@@ -112,7 +115,7 @@ def build_baselines(
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; known: {sorted(BASELINES)}")
     options = options or BuildOptions()
-    return [BASELINES[n].build(BASELINES[n].grid(cfg)[0], cfg, options) for n in names]
+    return [BASELINES[n].build(grid_points(BASELINES[n].axes(cfg))[0], cfg, options) for n in names]
 
 
 def run_baseline(
@@ -137,7 +140,7 @@ def run_baseline(
         start = time.perf_counter()
         val = validation_requests(dataset, cfg.tune_users, cfg.seed)
         build = _builder(baseline.build, cfg, options)
-        tuned = tune_and_refit(build, baseline.grid(cfg), dataset, val)
+        tuned = tune_and_refit(build, baseline.axes(cfg), dataset, val, cfg.search)
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
         items, scores = tuned.model.recommend(histories, test_users, k, filter_seen=filter_seen)

@@ -1,18 +1,29 @@
-"""Fair baselines: every setting on a grid scored on validation, the best one refit for the test.
+"""Fair baselines: settings scored on validation, the best one refit for the test.
 
-The rule, the same for every baseline: fit each point of its grid on the events before the
-validation window, recommend for (a seeded sample of) the validation users from their
-histories before that window, and score NDCG@10 against their validation listens; then fit the
-best point again on every event before the test window, which is what the test requests are
-answered from. Ties keep the earlier point of the grid. A baseline without a grid (one point)
-is only refit.
+The rule, the same for every baseline: fit a setting on the events before the validation
+window, recommend for (a seeded sample of) the validation users from their histories before
+that window, and score NDCG@10 against their validation listens; then fit the best setting
+again on every event before the test window, which is what the test requests are answered from.
+A baseline without a grid (one point) is only refit.
+
+Which settings are scored (``BaselinesConfig.search``):
+
+* ``grid``: every point of the product of the axes, in order; ties keep the earlier point.
+* ``coordinate``: coordinate ascent. Start at the first value of every axis; for each axis in
+  turn try all of its values with the others held, and move to a strictly better score; repeat
+  the sweep until one changes nothing (it ends: the score only rises, and each point is scored
+  once). It ends at a point that no change of one setting improves; on ALS's 3 x 3 x 4 grid it
+  typically costs 8 to 15 fits instead of 36, and where the axes act separately it finds the
+  grid's best (tests check both against the full grid).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +36,15 @@ from recmodel.evaluation.metrics import evaluate
 
 log = logging.getLogger(__name__)
 
-TUNE_K = 10  # the grid is ranked by validation NDCG@TUNE_K
+TUNE_K = 10  # settings are ranked by validation NDCG@TUNE_K
 TUNE_METRIC = f"ndcg@{TUNE_K}"
+SEARCHES = ("coordinate", "grid")
 REFIT_RULE = (
     "each setting fit on the events before the validation window and scored on it (NDCG@10); "
     "the best refit on every event before the test window"
 )
+
+Axes = dict[str, Sequence[Any]]  # setting name -> the values to try, the first the start
 
 
 @dataclass(frozen=True)
@@ -74,29 +88,80 @@ class Tuned:
     tuning: list[dict[str, Any]]  # one row per grid point: the setting, its score, seconds
 
 
+def grid_points(axes: Axes) -> list[dict[str, Any]]:
+    """Every point of the product of ``axes``, the last axis varying fastest."""
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+def search(axes: Axes, score: Callable[[dict[str, Any]], float], method: str) -> dict[str, Any]:
+    """The best point of ``axes`` by ``score`` with ``method`` (module docstring).
+
+    ``score`` is called once per distinct point; NaN never wins.
+    """
+    if method not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {method!r}")
+    if not grid_points(axes):
+        raise ValueError(f"every tuning axis needs a value: {dict(axes)}")
+    seen: dict[tuple, float] = {}
+
+    def scored(point: dict[str, Any]) -> float:
+        key = tuple(point.values())
+        if key not in seen:
+            seen[key] = score(point)
+        return seen[key]
+
+    if method == "grid":
+        best, best_score = None, -math.inf
+        for point in grid_points(axes):
+            value = scored(point)
+            if best is None or value > best_score:  # ties keep the earlier point
+                best, best_score = point, value
+        return best
+    best = {name: values[0] for name, values in axes.items()}
+    best_score, moved = scored(best), True
+    while moved:  # ends: best_score strictly rises over finitely many points
+        moved = False
+        for name, values in axes.items():
+            for value in values:
+                point = {**best, name: value}
+                point_score = scored(point)
+                if point_score > best_score:
+                    best, best_score, moved = point, point_score, True
+    return best
+
+
 def tune_and_refit(
-    build: Any, grid: list[dict[str, Any]], dataset: Dataset, val: Validation | None
+    build: Callable[..., Recommender],
+    axes: Axes,
+    dataset: Dataset,
+    val: Validation | None,
+    method: str = "coordinate",
 ) -> Tuned:
-    """Search ``grid`` on ``val`` with models from ``build(**point)``; refit the best.
+    """Search ``axes`` on ``val`` with models from ``build(**point)``; refit the best.
 
     Args:
-        build: makes an unfitted model from one point of the grid.
-        grid: the settings to try, in order.
+        build: makes an unfitted model from one point.
+        axes: the settings to try (one value each: nothing to search).
         dataset: the events.
         val: the validation requests (None: no search, the first point is refit).
+        method: ``coordinate`` or ``grid`` (module docstring).
     """
-    if not grid:
-        raise ValueError("the tuning grid is empty")
-    rows = []
-    best, best_score = grid[0], -math.inf
-    if len(grid) > 1 and val is None:
-        log.warning("no validation users: keeping the first setting %s untuned", grid[0])
-    for point in grid if len(grid) > 1 and val is not None else ():
+    points = grid_points(axes)
+    if not points:
+        raise ValueError(f"every tuning axis needs a value: {dict(axes)}")
+    rows: list[dict[str, Any]] = []
+
+    def score(point: dict[str, Any]) -> float:
         start = time.perf_counter()
-        score = validation_score(build(**point).fit(dataset, before=Window.VAL), val)
-        rows.append({**point, TUNE_METRIC: score, "seconds": time.perf_counter() - start})
-        log.info("%s: validation %s=%.4f", point, TUNE_METRIC, score)
-        if score > best_score:  # NaN never wins; ties keep the earlier point
-            best, best_score = point, score
+        value = validation_score(build(**point).fit(dataset, before=Window.VAL), val)
+        rows.append({**point, TUNE_METRIC: value, "seconds": time.perf_counter() - start})
+        log.info("%s: validation %s=%.4f", point, TUNE_METRIC, value)
+        return value
+
+    best = points[0]
+    if len(points) > 1 and val is None:
+        log.warning("no validation users: keeping the first setting %s untuned", best)
+    elif len(points) > 1:
+        best = search(axes, score, method)
     model = build(**best).fit(dataset, before=Window.TEST)
     return Tuned(model, dict(best), rows)

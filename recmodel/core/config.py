@@ -333,7 +333,8 @@ class BaselinesConfig(Section):
 
     The grids hold what peers use: ALS confidence up to alpha 100 with 32-128 factors,
     item-kNN with 20-200 neighbours and three weightings, the decay of user_recent from a day
-    to three months (:mod:`recmodel.baselines.tuning`).
+    to three months. ``search`` walks them by coordinate ascent or in full
+    (:mod:`recmodel.baselines.tuning`).
     """
 
     SECTION: ClassVar[str] = "baselines"
@@ -343,7 +344,8 @@ class BaselinesConfig(Section):
         "tune_users": ">=0",
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "itemknn_weighting": ("cosine", "bm25", "tfidf")
+        "itemknn_weighting": ("cosine", "bm25", "tfidf"),
+        "search": ("coordinate", "grid"),
     }
 
     itemknn_neighbours: tuple[int, ...] = (20, 50, 100, 200)  # grid
@@ -354,6 +356,7 @@ class BaselinesConfig(Section):
     als_iterations: int = 15
     user_recent_tau_days: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)  # grid
     tune_users: int = 2_000  # validation users scored per setting (0 = all)
+    search: str = "coordinate"  # or "grid": every point of the product
     seed: int = 0
 
 

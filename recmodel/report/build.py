@@ -41,6 +41,7 @@ from recmodel.report.text import (
     protocol_markdown,
     ranking_metrics,
     results_table,
+    settings_markdown,
     summary_markdown,
 )
 
@@ -190,6 +191,7 @@ def _report_data(
         "failed": failed,
         "winners": winners(evals, tested + [f"coverage@{max(cfg.ks)}"]),
         "training": {m: _training(models.get(m, {})) for m in names},
+        "settings": {m: _settings(models.get(m, {})) for m in names},
         "users_without_recommendations": {m: e.users_without_recs for m, e in evals.items()},
         "rows_outside_test": {m: e.rows_outside_test for m, e in evals.items()},
     }
@@ -227,6 +229,32 @@ def _training(entry: dict[str, Any]) -> dict[str, Any]:
         "fit_seconds": None if seconds is None else float(seconds),
         "model_size": None if size is None else int(size),
     }
+
+
+def _settings(entry: dict[str, Any]) -> dict[str, Any]:
+    """What a model ran with and how that was chosen: its settings, the validation search
+    (points scored, best validation NDCG@10), the kept epoch, and its fit/refit rule."""
+    out: dict[str, Any] = {
+        "params": {k: _plain_value(v) for k, v in (entry.get("params") or {}).items()}
+    }
+    tuning = entry.get("tuning") or []
+    if tuning:
+        scores = [
+            float(row["ndcg@10"]) for row in tuning if row.get("ndcg@10") == row.get("ndcg@10")
+        ]
+        out["searched"] = len(tuning)
+        out["best_validation_ndcg@10"] = max(scores) if scores else None
+    if entry.get("best_epoch") is not None:
+        out["best_epoch"] = int(entry["best_epoch"])
+    rule = entry.get("refit") or entry.get("fit_rule")
+    if rule:
+        out["rule"] = str(rule)
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    """Numbers and words as plain Python values (numpy scalars become floats or ints)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def _error(entry: dict[str, Any]) -> str:
@@ -274,6 +302,7 @@ def _body_markdown(data: dict[str, Any]) -> str:
         legend_markdown(data),
         summary_markdown(data),
         kinds_markdown(data),
+        settings_markdown(data),
         failed_markdown(data),
         notes_markdown(data),
     )

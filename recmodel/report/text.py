@@ -270,6 +270,36 @@ def failed_markdown(data: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def settings_markdown(data: dict[str, Any]) -> str:
+    """The settings each model ran with, how they were chosen, and each fit rule once."""
+    settings = data.get("settings") or {}
+    rows, rules = [], {}
+    for model in data["models"]:
+        entry = settings.get(model)
+        if not entry:
+            continue
+        params = ", ".join(f"{k}={_plain(v)}" for k, v in entry.get("params", {}).items())
+        chosen = []
+        if entry.get("searched"):
+            best = entry.get("best_validation_ndcg@10")
+            chosen.append(
+                f"{entry['searched']} settings scored"
+                + ("" if best is None else f", best NDCG@10 {best:.4f}")
+            )
+        if entry.get("best_epoch") is not None:
+            chosen.append(f"epoch {entry['best_epoch']} kept")
+        rows.append([f"`{model}`", params or "—", "; ".join(chosen) or "—"])
+        if entry.get("rule"):
+            rules.setdefault(entry["rule"], []).append(f"`{model}`")
+    if not rows:
+        return ""
+    parts = ["## Settings", "", pipe_table(["model", "settings", "on validation"], rows)]
+    if rules:
+        parts += ["", "How each model was fit:", ""]
+        parts += [f"- {', '.join(models)}: {rule}" for rule, models in rules.items()]
+    return "\n".join(parts)
+
+
 def notes_markdown(data: dict[str, Any]) -> str:
     """Things a reader must know to trust the numbers (empty string when there are none)."""
     n_users = data["protocol"]["n_test_users"]

@@ -31,6 +31,15 @@ from recmodel.steps.step_data import (
 
 TWO_STAGE = "sasrec_two_stage"  # the finetuned retriever alone, in the report
 RANKED = "two_stage_ranked"  # its candidates re-ranked by the ranker: the system as served
+FINETUNE_RULE = (
+    "the pretrained retriever finetuned on the finetune window's requests (next-item loss plus "
+    "the pairwise loss on the ranker's scores); the epoch kept is the best on validation "
+    "NDCG@10; test requests read every event before the test window, no refit"
+)
+RANKED_RULE = (
+    "the ranker, fit on the finetune window's requests (cross-fitted), re-ranks the finetuned "
+    "retriever's top candidates and the listener's own tracks; served as one list"
+)
 
 
 def _retriever(checkpoint: dict, data: StepData, device: torch.device):
@@ -113,7 +122,7 @@ def finetune(
         progress=live.update,
     )
     live.finish(result.history)
-    entries = {TWO_STAGE: trained_result(data, TWO_STAGE, result, tables)}
+    entries = {TWO_STAGE: trained_result(data, TWO_STAGE, result, tables, fit_rule=FINETUNE_RULE)}
     if ranker is not None:  # a production ranker's scores come without a model to re-rank
         entries[RANKED] = ranked_result(data, ranker, result.model, tables)
     distillation = distillation_metrics(
@@ -134,4 +143,13 @@ def ranked_result(data: StepData, ranker: Any, retriever: Any, tables: Any) -> d
         data.dataset, retriever, data.test.users, data.cfg.ranker, Window.TEST, REC_K
     )
     seconds = time.perf_counter() - started
-    return model_result(data, RANKED, items, scores, tables, recommend_seconds=seconds)
+    return model_result(
+        data,
+        RANKED,
+        items,
+        scores,
+        tables,
+        recommend_seconds=seconds,
+        params={"n_candidates": data.cfg.ranker.n_candidates},
+        fit_rule=RANKED_RULE,
+    )

@@ -45,6 +45,10 @@ class Transformer:
 
 SASREC = Transformer("sasrec_pretrain", None, "pretrain", "pretrain_checkpoint")
 NO_LOGQ = Transformer("sasrec_no_logq", "none", "pretrain_no_logq", "no_logq_checkpoint")
+PRETRAIN_RULE = (
+    "trained on the pretrain window; the epoch kept is the best on validation NDCG@10; test "
+    "requests read every event before the test window, no refit"
+)
 
 
 def _state_store(tables: Any, model: Transformer) -> TrainStateStore | None:
@@ -120,6 +124,8 @@ def pretrain(
         logq=logq,
         warm_start=warm,
         resumed_from=result.resumed_from,
+        params={"logq": logq},
+        fit_rule=PRETRAIN_RULE,
     )
     return checkpoint_of(result), {model.name: entry}
 

@@ -26,6 +26,7 @@ from recmodel.baselines.registry import (
     run_baseline,
 )
 from recmodel.baselines.simple import Popularity, UserPopular
+from recmodel.baselines.tuning import grid_points
 from recmodel.core.columns import Window
 from recmodel.core.config import BaselinesConfig
 from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
@@ -431,11 +432,12 @@ def test_build_baselines_takes_the_first_setting_of_each_grid():
     knn, als = models[3], models[4]
     assert (knn.neighbours, knn.weighting) == (7, "cosine")
     assert (als.factors, als.regularization, als.alpha, als.seed) == (3, 0.01, 1.0, 4)
-    assert BASELINES["als"].grid(cfg)[:2] == [
+    grid = grid_points(BASELINES["als"].axes(cfg))
+    assert grid[:2] == [
         {"factors": 3, "regularization": 0.01, "alpha": 1.0},
         {"factors": 3, "regularization": 0.01, "alpha": 10.0},
     ]
-    assert len(BASELINES["als"].grid(cfg)) == 2 * 3 * 4
+    assert len(grid) == 2 * 3 * 4
     with pytest.raises(ValueError, match="unknown baseline"):
         build_baselines(cfg, ["popularity", "svd"])
 
@@ -475,7 +477,7 @@ def run(name_or_baseline, data, users, k, cfg=None):
 
 def test_run_baseline_reports_a_failure(caplog):
     data = make_dataset(HANDMADE, n_users=3, n_items=5)
-    exploding = Baseline("exploding", lambda cfg: [{}], lambda p, cfg, opts: Exploding())
+    exploding = Baseline("exploding", lambda cfg: {}, lambda p, cfg, opts: Exploding())
     with caplog.at_level(logging.ERROR, logger="recmodel.baselines.registry"):
         out = run(exploding, data, np.array([0]), 2)
     assert out["status"] == "failed" and out["name"] == "exploding"

@@ -9,6 +9,8 @@ from recmodel.baselines.base import Recommender, empty_table
 from recmodel.baselines.simple import SECONDS_PER_DAY, Popularity, UserRecent
 from recmodel.baselines.tuning import (
     TUNE_METRIC,
+    grid_points,
+    search,
     tune_and_refit,
     validation_requests,
     validation_score,
@@ -70,9 +72,9 @@ class Scripted(Recommender):
     name = "scripted"
     fits: list = []
 
-    def __init__(self, quality: float):
+    def __init__(self, quality: float, other: str = "-"):
         super().__init__()
-        self.quality = quality
+        self.quality, self.other = quality, other
 
     def _fit(self, dataset, train):
         Scripted.fits.append((self.quality, int(train.ts.max())))
@@ -81,21 +83,68 @@ class Scripted(Recommender):
         return empty_table(query.n_users, k)
 
 
-def test_tuning_visits_every_point_in_order_and_refits_the_best(monkeypatch):
+def test_grid_tuning_visits_every_point_in_order_and_refits_the_best(monkeypatch):
     data = two_blocks()
     monkeypatch.setattr(
         "recmodel.baselines.tuning.validation_score", lambda model, val: model.quality
     )
     Scripted.fits = []
-    grid = [{"quality": q} for q in (0.1, 0.5, 0.3, 0.5)]  # the best neither first nor last
-    tuned = tune_and_refit(lambda **p: Scripted(**p), grid, data, validation_requests(data))
-    assert [row["quality"] for row in tuned.tuning] == [0.1, 0.5, 0.3, 0.5]
-    assert [row[TUNE_METRIC] for row in tuned.tuning] == [0.1, 0.5, 0.3, 0.5]
-    assert tuned.params == {"quality": 0.5} and tuned.model.quality == 0.5  # ties: the earlier
+    axes = {"quality": (0.1, 0.5, 0.3), "other": ("a", "b")}  # the best neither first nor last
+    tuned = tune_and_refit(
+        lambda **p: Scripted(**p), axes, data, validation_requests(data), method="grid"
+    )
+    order = [(0.1, "a"), (0.1, "b"), (0.5, "a"), (0.5, "b"), (0.3, "a"), (0.3, "b")]
+    assert [(row["quality"], row["other"]) for row in tuned.tuning] == order
+    assert [row[TUNE_METRIC] for row in tuned.tuning] == [q for q, _ in order]
+    assert tuned.params == {"quality": 0.5, "other": "a"}  # ties: the earlier point
+    assert (tuned.model.quality, tuned.model.other) == (0.5, "a")
     last_val = int(data.ts[data.window < Window.VAL].max())
     last_test = int(data.ts[data.window < Window.TEST].max())
     # every point fit before the validation window; the winner refit before the test window
-    assert Scripted.fits == [*((q, last_val) for q in (0.1, 0.5, 0.3, 0.5)), (0.5, last_test)]
+    assert Scripted.fits == [*((q, last_val) for q, _ in order), (0.5, last_test)]
+
+
+def _surface(seed: int, separable: bool):
+    """Random axes and a score over them: a sum of per-axis parts, or any table."""
+    rng = np.random.default_rng(seed)
+    axes = {f"x{a}": tuple(range(int(rng.integers(1, 5)))) for a in range(3)}
+    parts = [rng.normal(size=len(v)) for v in axes.values()]
+    table = {tuple(p.values()): rng.normal() for p in grid_points(axes)}
+
+    def score(point):
+        if separable:
+            return float(sum(part[v] for part, v in zip(parts, point.values(), strict=True)))
+        return table[tuple(point.values())]
+
+    return axes, score
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_coordinate_ascent_finds_the_grid_best_of_a_separable_score(seed):
+    axes, score = _surface(seed, separable=True)
+    calls = []
+    best = search(axes, lambda p: calls.append(tuple(p.values())) or score(p), "coordinate")
+    grid_best = max(grid_points(axes), key=score)
+    assert score(best) == pytest.approx(score(grid_best))
+    assert len(calls) == len(set(calls))  # every point scored once
+    assert len(calls) <= 1 + 2 * sum(len(v) - 1 for v in axes.values())  # two sweeps at most
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_coordinate_ascent_ends_where_no_single_axis_move_helps(seed):
+    axes, score = _surface(seed, separable=False)
+    best = search(axes, score, "coordinate")
+    start = {name: values[0] for name, values in axes.items()}
+    assert score(best) >= score(start)
+    for name, values in axes.items():  # a coordinate-wise optimum
+        assert all(score({**best, name: v}) <= score(best) for v in values)
+
+
+def test_search_rejects_an_unknown_method_and_an_empty_axis():
+    with pytest.raises(ValueError, match="search must be one of"):
+        search({"a": (1, 2)}, lambda p: 0.0, "random")
+    with pytest.raises(ValueError, match="needs a value"):
+        search({"a": (1, 2), "b": ()}, lambda p: 0.0, "grid")
 
 
 def test_without_validation_users_the_first_point_is_refit():
@@ -103,7 +152,7 @@ def test_without_validation_users_the_first_point_is_refit():
     data = make_dataset([*events, (0, 1, 9, Window.TEST)], n_users=4, n_items=3)
     assert validation_requests(data) is None
     Scripted.fits = []
-    tuned = tune_and_refit(lambda **p: Scripted(**p), [{"quality": 1}, {"quality": 2}], data, None)
+    tuned = tune_and_refit(lambda **p: Scripted(**p), {"quality": (1, 2)}, data, None)
     assert tuned.params == {"quality": 1} and tuned.tuning == [] and len(Scripted.fits) == 1
 
 

@@ -102,7 +102,19 @@ def _brute_force(recs: pa.Table, targets: pa.Table, items: pa.Table, model: str)
 def random_report():
     case = _random_case(seed=11)
     models = {
-        "als": {"status": "ok", "error": None, "fit_seconds": 130.0, "model_size": 9600},
+        "als": {
+            "status": "ok",
+            "error": None,
+            "fit_seconds": 130.0,
+            "model_size": 9600,
+            "params": {"factors": np.int64(64), "alpha": 40.0},
+            "tuning": [
+                {"factors": 32, "alpha": 1.0, "ndcg@10": np.float64(0.125)},
+                {"factors": 64, "alpha": 40.0, "ndcg@10": np.float64(0.25)},
+                {"factors": 64, "alpha": 100.0, "ndcg@10": float("nan")},
+            ],
+            "refit": "the best refit before the test window",
+        },
         "itemknn": {
             "status": "failed",
             "error": "MemoryError: similarity | matrix\nline 2",
@@ -115,6 +127,9 @@ def random_report():
             "fit_seconds": 900.0,
             "model_size": 1_234_567,
             "history": [{"epoch": 1, "loss": 5.0, "ndcg@10": 0.01}, {"epoch": 2, "loss": 4.0}],
+            "best_epoch": 1,
+            "params": {"logq": "all"},
+            "fit_rule": "finetuned, no refit",
         },
     }
     report = build_report(case["recs"], case["targets"], case["items"], models, PROTOCOL, FAST)
@@ -195,6 +210,28 @@ def test_markdown_states_protocol_and_every_model(random_report):
     for model in report.data["models"]:
         assert f"| {model}" in md
     assert md.index("## Protocol") < md.index("## Results") < md.index("| Model |")
+
+
+def test_settings_state_what_each_model_ran_with_and_how_it_was_chosen(random_report):
+    _, report = random_report
+    settings = report.data["settings"]
+    assert settings["als"] == {
+        "params": {"factors": 64, "alpha": 40.0},
+        "searched": 3,
+        "best_validation_ndcg@10": 0.25,  # a NaN score never counts
+        "rule": "the best refit before the test window",
+    }
+    assert settings["sasrec_two_stage"] == {
+        "params": {"logq": "all"},
+        "best_epoch": 1,
+        "rule": "finetuned, no refit",
+    }
+    assert settings["popularity"] == {"params": {}}
+    md = report.markdown
+    assert "| `als` | factors=64, alpha=40.0 | 3 settings scored, best NDCG@10 0.2500 |" in md
+    assert "| `sasrec_two_stage` | logq=all | epoch 1 kept |" in md
+    assert "- `als`: the best refit before the test window" in md
+    assert md.index("## Results") < md.index("## Settings")
 
 
 def test_user_without_rows_counts_as_zero():
