@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmodel.core.dataset import UserItems
+from recmodel.retriever.profile import Profiles, build_profiles
 
 PAD = 0  # item index of padding (data.py: items are 1..N)
 
@@ -41,6 +42,10 @@ class Windows:
         lengths: int64 ``[W]`` items per window, in ``2 .. max_len + 1``.
         users: int64 ``[W]`` the user each window comes from.
         max_len: ``L``; windows hold at most ``L + 1`` items.
+        ts: int64 ``[nnz]`` the histories' flat play times (not copied).
+        row_starts: int64 ``[W]`` offset of the first play of each window's user.
+        profile_size: tracks of the long-term profile a batch carries per window (0 = none;
+            :mod:`recmodel.retriever.profile`).
     """
 
     items: np.ndarray
@@ -48,6 +53,9 @@ class Windows:
     lengths: np.ndarray
     users: np.ndarray
     max_len: int
+    ts: np.ndarray | None = None
+    row_starts: np.ndarray | None = None
+    profile_size: int = 0
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -58,10 +66,12 @@ class Windows:
         return int(self.lengths.sum() - len(self.lengths))
 
 
-def make_windows(histories: UserItems, max_len: int) -> Windows:
+def make_windows(histories: UserItems, max_len: int, profile_size: int = 0) -> Windows:
     """Cut every history into windows of at most ``max_len + 1`` items (module docstring).
 
     Windows are ordered by user, most recent first within a user; shuffling is the batcher's job.
+    With ``profile_size`` > 0 each batch also carries the long-term profile of every window:
+    the plays of its user before it.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -73,7 +83,16 @@ def make_windows(histories: UserItems, max_len: int) -> Windows:
     row_start = histories.indptr[users]  # [W]
     ends = histories.indptr[users + 1] - k * max_len  # [W] exclusive
     starts = np.maximum(row_start, ends - max_len - 1)
-    return Windows(histories.items, starts, ends - starts, users, max_len)
+    return Windows(
+        histories.items,
+        starts,
+        ends - starts,
+        users,
+        max_len,
+        histories.ts,
+        row_start,
+        profile_size,
+    )
 
 
 def left_padded(
@@ -119,12 +138,14 @@ class Batch:
         targets: int64 ``[B, T]`` next items (``PAD`` where ``inputs`` is ``PAD``).
         positions: int64 ``[P]`` flat indices into ``[B * T]`` of the positions with a target.
         windows: int64 ``[B]`` window ids (for error messages).
+        profile: the windows' long-term profiles, or None without them.
     """
 
     inputs: np.ndarray
     targets: np.ndarray
     positions: np.ndarray
     windows: np.ndarray
+    profile: Profiles | None = None
 
 
 @dataclass(frozen=True)
@@ -145,14 +166,21 @@ class Step:
     n_global: int
 
 
-def make_batch(windows: Windows, ids: np.ndarray) -> Batch:
-    """Inputs, targets and target positions of the windows ``ids``."""
+def make_batch(windows: Windows, ids: np.ndarray, with_profile: bool = True) -> Batch:
+    """Inputs, targets and target positions (and profiles) of the windows ``ids``."""
     width = int(windows.lengths[ids].max())
     seq = left_padded(windows.items, windows.starts[ids], windows.lengths[ids], width)  # [B, T+1]
     inputs, targets = seq[:, :-1], seq[:, 1:]  # [B, T] each
     targets = np.where(inputs != PAD, targets, PAD)
     positions = np.flatnonzero(inputs.reshape(-1) != PAD)  # [P]
-    return Batch(np.ascontiguousarray(inputs), np.ascontiguousarray(targets), positions, ids)
+    profile = None
+    if with_profile and windows.profile_size > 0:
+        starts = windows.starts[ids]  # the window's first play: the profile's reference time
+        profile = build_profiles(
+            windows.items, windows.ts, windows.row_starts[ids], starts, windows.profile_size
+        )
+    inputs, targets = np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+    return Batch(inputs, targets, positions, ids, profile)
 
 
 class WindowBatcher:
@@ -196,7 +224,7 @@ class WindowBatcher:
             yield self._step(index, ids)
 
     def _step(self, index: int, ids: np.ndarray) -> Step:
-        full = make_batch(self.windows, ids)
+        full = make_batch(self.windows, ids, with_profile=False)  # only its targets are used
         global_targets = full.targets.reshape(-1)[full.positions]  # [G]
         bounds = np.arange(self.world_size + 1) * len(ids) // self.world_size  # parts >= 1
         local = make_batch(self.windows, ids[bounds[self.rank] : bounds[self.rank + 1]])

@@ -165,7 +165,8 @@ class _Run:
         self.start = time.perf_counter()
         self.model = build_model(dataset.items, cfg_model, cfg_train.seed, init_state, ctx)
         self.model_config = model_config_dict(cfg_model, dataset.items)
-        windows = make_windows(dataset.train(), cfg_model.max_len)
+        profile_size = cfg_model.profile_size if self.model.long_term is not None else 0
+        windows = make_windows(dataset.train(), cfg_model.max_len, profile_size)
         self.batcher = WindowBatcher(
             windows, cfg_train.batch_size, cfg_train.seed, ctx.rank, ctx.world_size
         )
