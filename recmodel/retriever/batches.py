@@ -21,8 +21,11 @@ A window's inputs are ``window[:-1]`` and its targets ``window[1:]``; a position
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -46,6 +49,7 @@ class Windows:
         row_starts: int64 ``[W]`` offset of the first play of each window's user.
         profile_size: tracks of the long-term profile a batch carries per window (0 = none;
             :mod:`recmodel.retriever.profile`).
+        profile_history: the profile reads at most this many plays before the window.
     """
 
     items: np.ndarray
@@ -56,6 +60,7 @@ class Windows:
     ts: np.ndarray | None = None
     row_starts: np.ndarray | None = None
     profile_size: int = 0
+    profile_history: int = 1_000
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -66,12 +71,14 @@ class Windows:
         return int(self.lengths.sum() - len(self.lengths))
 
 
-def make_windows(histories: UserItems, max_len: int, profile_size: int = 0) -> Windows:
+def make_windows(
+    histories: UserItems, max_len: int, profile_size: int = 0, profile_history: int = 1_000
+) -> Windows:
     """Cut every history into windows of at most ``max_len + 1`` items (module docstring).
 
     Windows are ordered by user, most recent first within a user; shuffling is the batcher's job.
     With ``profile_size`` > 0 each batch also carries the long-term profile of every window:
-    the plays of its user before it.
+    the last ``profile_history`` plays of its user before it.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -92,6 +99,7 @@ def make_windows(histories: UserItems, max_len: int, profile_size: int = 0) -> W
         histories.ts,
         row_start,
         profile_size,
+        profile_history,
     )
 
 
@@ -175,10 +183,9 @@ def make_batch(windows: Windows, ids: np.ndarray, with_profile: bool = True) -> 
     positions = np.flatnonzero(inputs.reshape(-1) != PAD)  # [P]
     profile = None
     if with_profile and windows.profile_size > 0:
-        starts = windows.starts[ids]  # the window's first play: the profile's reference time
-        profile = build_profiles(
-            windows.items, windows.ts, windows.row_starts[ids], starts, windows.profile_size
-        )
+        ends = windows.starts[ids]  # the window's first play: the profile's reference time
+        starts = np.maximum(windows.row_starts[ids], ends - windows.profile_history)
+        profile = build_profiles(windows.items, windows.ts, starts, ends, windows.profile_size)
     inputs, targets = np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
     return Batch(inputs, targets, positions, ids, profile)
 
@@ -229,3 +236,55 @@ class WindowBatcher:
         bounds = np.arange(self.world_size + 1) * len(ids) // self.world_size  # parts >= 1
         local = make_batch(self.windows, ids[bounds[self.rank] : bounds[self.rank + 1]])
         return Step(index, local, global_targets, len(global_targets))
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` in order, built up to ``depth`` ahead in a background thread.
+
+    Batches (with their long-term profiles) are built with NumPy, which releases the GIL in its
+    sorts and reductions, so the next batch is made while the device trains on this one. An
+    error in the producer is raised here; leaving the loop early stops the producer.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(value: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(value, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(_Failure(exc))
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            value = ready.get()
+            if value is _DONE:
+                return
+            if isinstance(value, _Failure):
+                raise value.error
+            yield value
+    finally:
+        stop.set()
+        worker.join()

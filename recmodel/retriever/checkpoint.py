@@ -24,7 +24,7 @@ from recmodel.retriever.model import Retriever
 CONFIG_KEY = "model_config"  # safetensors metadata key holding the JSON model config
 # Settings added after checkpoints were first written, with the value that rebuilds an older
 # checkpoint's model (a checkpoint without ``profile_size`` has no long-term profile).
-ABSENT_IN_OLD_CHECKPOINTS = {"profile_size": 0}
+ABSENT_IN_OLD_CHECKPOINTS = {"profile_size": 0, "profile_history": 1_000}
 
 
 class CheckpointError(ValueError):

@@ -256,7 +256,7 @@ class Retriever(nn.Module):
     def profiles(self, histories: UserItems, users: np.ndarray) -> Profiles:
         """Long-term profiles of ``users``' requests (empty ``[U, 0]`` without the profile)."""
         size = self.cfg.profile_size if self.long_term is not None else 0
-        return query_profiles(histories, users, self.cfg.max_len, size)
+        return query_profiles(histories, users, self.cfg.max_len, size, self.cfg.profile_history)
 
     def bonus(
         self,

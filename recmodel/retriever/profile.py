@@ -3,8 +3,9 @@
 The encoder and its repeat bonus (:mod:`recmodel.retriever.repeat`) see the last ``max_len``
 plays only. A track the listener loves but has not played in the last few hours is outside
 that window, and in music such tracks are a large share of what is played next. The profile
-summarizes the plays *before* the window: its ``profile_size`` tracks of highest 30-day decayed
-play count, each with three features,
+summarizes the plays *before* the window (the last ``profile_history`` of them, which bounds
+the cost for listeners with years of history): its ``profile_size`` tracks of highest 30-day
+decayed play count, each with three features,
 
     f(j) = [log1p(sum exp(-age / 7 d)), log1p(sum exp(-age / 30 d)), log1p(plays)]
 
@@ -89,32 +90,40 @@ def build_profiles(
     track = np.asarray(items, dtype=np.int64)[pos]
     age = (np.asarray(ts)[np.asarray(ends)[row]] - np.asarray(ts)[pos]).astype(np.float64)
     base = int(track.max()) + 1
-    keys, inverse = np.unique(row * base + track, return_inverse=True)
+    # One (row, track) group per distinct key: sort, then sum each run of equal keys.
+    key = row * base + track
+    order = np.argsort(key)
+    key = key[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # [K] start of each group
     decays = [
-        np.bincount(inverse, np.exp(-age / (d * SECONDS_PER_DAY)), minlength=len(keys))
-        for d in DECAYS_DAYS
+        np.add.reduceat(np.exp(-age[order] / (d * SECONDS_PER_DAY)), first) for d in DECAYS_DAYS
     ]
-    plays = np.bincount(inverse, minlength=len(keys)).astype(np.float64)
-    key_row, key_track = keys // base, keys % base
-    order = np.lexsort((key_track, -decays[1], key_row))  # per row: 30-day decay, then the id
-    key_row = key_row[order]
-    col = np.arange(len(order)) - np.searchsorted(key_row, key_row)
+    plays = np.diff(np.r_[first, len(key)]).astype(np.float64)
+    key_row, key_track = key[first] // base, key[first] % base  # by row, then by track
+    # Per row, the largest 30-day sum first; a stable sort keeps equal sums in track order.
+    # Complex numbers sort by real part, then imaginary part: (row, -sum) in one stable pass.
+    by_strength = np.argsort(key_row - 1j * decays[1], kind="stable")
+    key_row = key_row[by_strength]
+    col = np.arange(len(by_strength)) - np.searchsorted(key_row, key_row)
     keep = col < size
-    chosen = order[keep]
+    chosen = by_strength[keep]
     out.items[key_row[keep], col[keep]] = key_track[chosen]
-    feats = np.stack([*decays, plays], axis=1)[chosen]  # [K, 3]
+    feats = np.stack([*decays, plays], axis=1)[chosen]  # [K', 3]
     out.features[key_row[keep], col[keep]] = np.log1p(feats).astype(np.float32)
     return out
 
 
-def query_profiles(histories: UserItems, users: np.ndarray, max_len: int, size: int) -> Profiles:
-    """Profiles of requests: each user's plays before its last ``max_len`` plays."""
+def query_profiles(
+    histories: UserItems, users: np.ndarray, max_len: int, size: int, history: int
+) -> Profiles:
+    """Profiles of requests: each user's last ``history`` plays before its last ``max_len``."""
     users = np.asarray(users, dtype=np.int64)
     row_start, row_end = histories.indptr[users], histories.indptr[users + 1]
     window_start = np.maximum(row_start, row_end - max_len)
     has_window = row_end > row_start  # a user without plays has no window, no profile
     ends = np.where(has_window, window_start, row_start)
-    return build_profiles(histories.items, histories.ts, row_start, ends, size)
+    starts = np.maximum(row_start, ends - history)
+    return build_profiles(histories.items, histories.ts, starts, ends, size)
 
 
 class LongTermBias(nn.Module):

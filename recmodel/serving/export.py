@@ -171,7 +171,8 @@ def export_retriever(model: Retriever, items: pa.Table, out_dir: str | Path) -> 
                 "features": [f"log1p(sum exp(-age / {d:g} days))" for d in DECAYS_DAYS]
                 + ["log1p(plays)"],
                 "age": "seconds from a play to the window's first play",
-                "plays": "the listener's plays before its last max_len, by track",
+                "history": model.cfg.profile_history,
+                "plays": "the listener's last `history` plays before its last max_len, by track",
                 "order": "largest 30-day sum first, then lower item_idx",
             },
             "torch_version": torch.__version__,

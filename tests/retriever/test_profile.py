@@ -59,15 +59,16 @@ def test_build_profiles_match_a_plain_loop():
             assert_profile(got.items[r], got.features[r], want)
 
 
-def test_training_windows_carry_the_plays_before_them():
+@pytest.mark.parametrize("history", [1_000, 4])  # 4: the look-back cuts long histories
+def test_training_windows_carry_the_plays_before_them(history):
     histories = _histories(2)
-    windows = make_windows(histories, MAX_LEN, profile_size=SIZE)
+    windows = make_windows(histories, MAX_LEN, profile_size=SIZE, profile_history=history)
     batch = make_batch(windows, np.arange(len(windows)))
     assert batch.profile.items.shape == (len(windows), SIZE)
     non_empty = 0
     for w in range(len(windows)):
         user, start = windows.users[w], windows.starts[w]
-        first = histories.indptr[user]
+        first = max(histories.indptr[user], start - history)
         want = plain_profile(
             histories.items[first:start], histories.ts[first:start], histories.ts[start], SIZE
         )
@@ -77,17 +78,21 @@ def test_training_windows_carry_the_plays_before_them():
     assert make_batch(make_windows(histories, MAX_LEN), np.arange(3)).profile is None
 
 
-def test_requests_carry_the_plays_before_their_last_max_len():
+@pytest.mark.parametrize("history", [1_000, 4])
+def test_requests_carry_the_plays_before_their_last_max_len(history):
     histories = _histories(3)
     users = np.array([6, 2, 0, 1, 3])
-    got = query_profiles(histories, users, MAX_LEN, SIZE)
+    got = query_profiles(histories, users, MAX_LEN, SIZE, history)
     for r, user in enumerate(users):
         items, ts = histories.row(user), histories.row_ts(user)
         before = max(len(items) - MAX_LEN, 0)
-        want = plain_profile(items[:before], ts[:before], ts[before], SIZE) if before else []
+        first = max(before - history, 0)
+        want = []
+        if before:  # plays before the window: its first play is the reference time
+            want = plain_profile(items[first:before], ts[first:before], ts[before], SIZE)
         assert_profile(got.items[r], got.features[r], want)
-    assert not got.items[1:4].any() or got.items[2].any()  # user 2 has no plays at all
-    assert not got.items[1].any() and not got.items[3].any()  # 0 and 3 plays: no profile
+    assert got.items[[0, 2, 4]].any(axis=1).all()  # 22, 14 and 9 plays: a profile
+    assert not got.items[[1, 3]].any()  # no plays, 3 plays: none
 
 
 @pytest.fixture
