@@ -230,6 +230,7 @@ class ModelConfig(Section):
     LIMITS: ClassVar[dict[str, str]] = {
         "d_model": ">=1", "n_blocks": ">=1", "n_heads": ">=1", "max_len": ">=2",
         "dropout": "[0,1)", "id_dim": ">=1", "meta_dim": ">=1", "temperature": ">0",
+        "profile_size": ">=0", "profile_history": ">=1",
     }  # fmt: skip
 
     d_model: int = 64  # hidden size
@@ -242,6 +243,10 @@ class ModelConfig(Section):
     normalize: bool = False  # score on L2-normalized vectors
     temperature: float = 1.0  # logits are divided by this (use < 1 with normalize)
     repeat_aware: bool = True  # learned bonus for tracks already in the input window
+    # Long-term profile: a learned bonus for the tracks of the plays before the window, by
+    # decayed counts in wall-clock time (recmodel.retriever.profile); 0 = none.
+    profile_size: int = 64
+    profile_history: int = 1_000  # the profile reads at most this many plays before the window
 
     def _check_rules(self) -> None:
         _check(self.d_model % self.n_heads == 0, "model.d_model must be divisible by model.n_heads")

@@ -217,16 +217,19 @@ class _Finetune:
         """One optimizer step: the loss and ``[pair, next-item, agreeing pairs, pairs]``."""
         put = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
         queries = put(last_items(self.histories, batch.users, self.model.cfg.max_len))  # [B, T]
+        profile = self.model.profiles(self.histories, batch.users).to_torch(
+            slice(None), self.device
+        )
         items, scores, mask = put(batch.items), put(batch.scores), put(batch.mask)
         self.optimizer.zero_grad()
         cuda = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cuda):
             hidden = self.model(queries)  # [B, T, D]: one encoder pass for both terms
-            _, logits = self.model.candidate_logits(queries, items, hidden)  # [B, C]
+            _, logits = self.model.candidate_logits(queries, items, hidden, profile)  # [B, C]
         pair = pairwise_logit_loss(logits.float(), scores, mask, weighting=self.cfg.pair_weighting)
         softmax = torch.zeros((), device=self.device)
         if self.cfg.softmax_weight > 0:
-            request = DeviceBatch.at_last_position(queries, put(positives))
+            request = DeviceBatch.at_last_position(queries, put(positives), profile)
             softmax = next_item_loss(
                 self.model, request, self.candidates, self.generator, self.train_cfg.logq, hidden
             )

@@ -4,8 +4,8 @@ A request is one ``(user_idx, request_ts)`` group of the ``ranker_scores`` table
 imported). Requests of the held-out users (:func:`recmodel.ranker.splits.holdout_mask`, a
 fixed :data:`HOLDOUT_SHARE` of users chosen by a hash of ``user_idx``) are never finetuned on,
 and the built-in ranker is not trained on their labels: the distillation metrics
-(:mod:`recmodel.distill.metrics`) are measured on them. :func:`request_logits` and
-:func:`pair_agreement` are how a retriever's logits of the candidates are compared with the
+(:mod:`recmodel.distill.metrics`) are measured on them. :func:`pair_agreement` compares a
+retriever's logits of the candidates (``Retriever.candidate_logits``, what it ranks by) with the
 ranker's scores.
 """
 
@@ -31,7 +31,6 @@ __all__ = [
     "heldout_agreement",
     "holdout_mask",
     "pair_agreement",
-    "request_logits",
     "request_targets",
     "requests_from_scores",
     "split_requests",
@@ -130,19 +129,6 @@ def pair_agreement(
     return (agree * ordered).sum(), ordered.sum(dtype=torch.float32)
 
 
-def request_logits(
-    model: Retriever, queries: torch.Tensor, items: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden user states ``[B, D]`` and candidate logits ``[B, C]``.
-
-    Args:
-        model: the retriever.
-        queries: int64 ``[B, T]`` left-padded histories.
-        items: int64 ``[B, C]`` candidate ids (0 = padding; its logit is meaningless).
-    """
-    return model.candidate_logits(queries, items)  # dot product plus the repeat bonus
-
-
 @torch.no_grad()
 def heldout_agreement(
     model: Retriever, histories: UserItems, requests: Requests, device: torch.device
@@ -155,9 +141,9 @@ def heldout_agreement(
         for i in range(0, len(requests), EVAL_BATCH):
             batch = requests.take(np.arange(i, min(i + EVAL_BATCH, len(requests))))
             queries = torch.from_numpy(last_items(histories, batch.users, model.cfg.max_len))
-            _, logits = request_logits(
-                model, queries.to(device), torch.from_numpy(batch.items).to(device)
-            )
+            profile = model.profiles(histories, batch.users).to_torch(slice(None), device)
+            items = torch.from_numpy(batch.items).to(device)
+            _, logits = model.candidate_logits(queries.to(device), items, profile=profile)
             a, p = pair_agreement(
                 logits.float(),
                 torch.from_numpy(batch.scores).to(device),

@@ -21,12 +21,16 @@ A window's inputs are ``window[:-1]`` and its targets ``window[1:]``; a position
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from recmodel.core.dataset import UserItems
+from recmodel.retriever.profile import Profiles, build_profiles
 
 PAD = 0  # item index of padding (data.py: items are 1..N)
 
@@ -41,6 +45,11 @@ class Windows:
         lengths: int64 ``[W]`` items per window, in ``2 .. max_len + 1``.
         users: int64 ``[W]`` the user each window comes from.
         max_len: ``L``; windows hold at most ``L + 1`` items.
+        ts: int64 ``[nnz]`` the histories' flat play times (not copied).
+        row_starts: int64 ``[W]`` offset of the first play of each window's user.
+        profile_size: tracks of the long-term profile a batch carries per window (0 = none;
+            :mod:`recmodel.retriever.profile`).
+        profile_history: the profile reads at most this many plays before the window.
     """
 
     items: np.ndarray
@@ -48,6 +57,10 @@ class Windows:
     lengths: np.ndarray
     users: np.ndarray
     max_len: int
+    ts: np.ndarray | None = None
+    row_starts: np.ndarray | None = None
+    profile_size: int = 0
+    profile_history: int = 1_000
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -58,10 +71,14 @@ class Windows:
         return int(self.lengths.sum() - len(self.lengths))
 
 
-def make_windows(histories: UserItems, max_len: int) -> Windows:
+def make_windows(
+    histories: UserItems, max_len: int, profile_size: int = 0, profile_history: int = 1_000
+) -> Windows:
     """Cut every history into windows of at most ``max_len + 1`` items (module docstring).
 
     Windows are ordered by user, most recent first within a user; shuffling is the batcher's job.
+    With ``profile_size`` > 0 each batch also carries the long-term profile of every window:
+    the last ``profile_history`` plays of its user before it.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -73,7 +90,17 @@ def make_windows(histories: UserItems, max_len: int) -> Windows:
     row_start = histories.indptr[users]  # [W]
     ends = histories.indptr[users + 1] - k * max_len  # [W] exclusive
     starts = np.maximum(row_start, ends - max_len - 1)
-    return Windows(histories.items, starts, ends - starts, users, max_len)
+    return Windows(
+        histories.items,
+        starts,
+        ends - starts,
+        users,
+        max_len,
+        histories.ts,
+        row_start,
+        profile_size,
+        profile_history,
+    )
 
 
 def left_padded(
@@ -119,12 +146,14 @@ class Batch:
         targets: int64 ``[B, T]`` next items (``PAD`` where ``inputs`` is ``PAD``).
         positions: int64 ``[P]`` flat indices into ``[B * T]`` of the positions with a target.
         windows: int64 ``[B]`` window ids (for error messages).
+        profile: the windows' long-term profiles, or None without them.
     """
 
     inputs: np.ndarray
     targets: np.ndarray
     positions: np.ndarray
     windows: np.ndarray
+    profile: Profiles | None = None
 
 
 @dataclass(frozen=True)
@@ -145,14 +174,20 @@ class Step:
     n_global: int
 
 
-def make_batch(windows: Windows, ids: np.ndarray) -> Batch:
-    """Inputs, targets and target positions of the windows ``ids``."""
+def make_batch(windows: Windows, ids: np.ndarray, with_profile: bool = True) -> Batch:
+    """Inputs, targets and target positions (and profiles) of the windows ``ids``."""
     width = int(windows.lengths[ids].max())
     seq = left_padded(windows.items, windows.starts[ids], windows.lengths[ids], width)  # [B, T+1]
     inputs, targets = seq[:, :-1], seq[:, 1:]  # [B, T] each
     targets = np.where(inputs != PAD, targets, PAD)
     positions = np.flatnonzero(inputs.reshape(-1) != PAD)  # [P]
-    return Batch(np.ascontiguousarray(inputs), np.ascontiguousarray(targets), positions, ids)
+    profile = None
+    if with_profile and windows.profile_size > 0:
+        ends = windows.starts[ids]  # the window's first play: the profile's reference time
+        starts = np.maximum(windows.row_starts[ids], ends - windows.profile_history)
+        profile = build_profiles(windows.items, windows.ts, starts, ends, windows.profile_size)
+    inputs, targets = np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
+    return Batch(inputs, targets, positions, ids, profile)
 
 
 class WindowBatcher:
@@ -196,8 +231,60 @@ class WindowBatcher:
             yield self._step(index, ids)
 
     def _step(self, index: int, ids: np.ndarray) -> Step:
-        full = make_batch(self.windows, ids)
+        full = make_batch(self.windows, ids, with_profile=False)  # only its targets are used
         global_targets = full.targets.reshape(-1)[full.positions]  # [G]
         bounds = np.arange(self.world_size + 1) * len(ids) // self.world_size  # parts >= 1
         local = make_batch(self.windows, ids[bounds[self.rank] : bounds[self.rank + 1]])
         return Step(index, local, global_targets, len(global_targets))
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items`` in order, built up to ``depth`` ahead in a background thread.
+
+    Batches (with their long-term profiles) are built with NumPy, which releases the GIL in its
+    sorts and reductions, so the next batch is made while the device trains on this one. An
+    error in the producer is raised here; leaving the loop early stops the producer.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(value: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(value, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+            offer(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer(_Failure(exc))
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            value = ready.get()
+            if value is _DONE:
+                return
+            if isinstance(value, _Failure):
+                raise value.error
+            yield value
+    finally:
+        stop.set()
+        worker.join()

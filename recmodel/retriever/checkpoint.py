@@ -22,6 +22,9 @@ from recmodel.core.dataset import ItemFeatures
 from recmodel.retriever.model import Retriever
 
 CONFIG_KEY = "model_config"  # safetensors metadata key holding the JSON model config
+# Settings added after checkpoints were first written, with the value that rebuilds an older
+# checkpoint's model (a checkpoint without ``profile_size`` has no long-term profile).
+ABSENT_IN_OLD_CHECKPOINTS = {"profile_size": 0, "profile_history": 1_000}
 
 
 class CheckpointError(ValueError):
@@ -59,7 +62,12 @@ def load_retriever(
         CheckpointError: when ``item_features`` does not match the stored catalog size,
             cardinalities or acoustic width, or the weights do not match the config.
     """
-    cfg = ModelConfig(**{f.name: model_config[f.name] for f in dataclasses.fields(ModelConfig)})
+    cfg = ModelConfig(
+        **{
+            f.name: model_config.get(f.name, ABSENT_IN_OLD_CHECKPOINTS.get(f.name))
+            for f in dataclasses.fields(ModelConfig)
+        }
+    )
     _check_features(model_config, item_features)
     model = Retriever(item_features, cfg)
     try:

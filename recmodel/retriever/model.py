@@ -20,6 +20,7 @@ from recmodel.core.config import ModelConfig
 from recmodel.core.dataset import ItemFeatures, UserItems
 from recmodel.evaluation.topk import EMPTY, topk_chunked
 from recmodel.retriever.batches import PAD, last_items
+from recmodel.retriever.profile import LongTermBias, Profiles, query_profiles
 from recmodel.retriever.repeat import RepeatBias
 from recmodel.retriever.tower import ItemTower
 
@@ -141,6 +142,9 @@ class Retriever(nn.Module):
         self.encoder = SasRecEncoder(cfg)
         self.head = ScoringHead(cfg.normalize, cfg.temperature)
         self.repeat = RepeatBias(cfg.d_model, item_features.n_items) if cfg.repeat_aware else None
+        self.long_term = (
+            LongTermBias(cfg.d_model, item_features.n_items) if cfg.profile_size > 0 else None
+        )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[B, T, D]`` of left-padded item ids ``[B, T]``."""
@@ -226,37 +230,67 @@ class Retriever(nn.Module):
         hidden = self.user_vectors(histories, users, batch_size=batch_size)  # [U, D]
         queries = self.head.user_side(hidden)
         items = self.head.item_side(self.tower.all_item_vectors(chunk=chunk_items))  # [N + 1, D]
-        if self.repeat is None or exclude is not None:
-            # With the seen-item filter every window item is excluded: no bonus can apply.
+        if (self.repeat is None and self.long_term is None) or exclude is not None:
+            # With the seen-item filter every window and profile track is excluded: no bonus
+            # can apply.
             return topk_chunked(queries, items, k, chunk_items=chunk_items, exclude=exclude)
-        # Exact top-k of <u, v> + bonus: the bonus only lifts window items, so the answer lies
-        # in the top-(k + T) by dot product together with the window itself.
-        ids, _ = topk_chunked(queries, items, k + self.cfg.max_len, chunk_items=chunk_items)
+        # Exact top-k of <u, v> + bonuses: a bonus only moves window and profile tracks, so the
+        # answer lies in the top-(k + T + F) by dot product together with those tracks.
+        extra = self.cfg.max_len + self.cfg.profile_size
+        ids, _ = topk_chunked(queries, items, k + extra, chunk_items=chunk_items)
+        profiles = self.profiles(histories, users)
         out_ids, out_scores = [], []
         for i in range(0, len(users), batch_size):
             rows = slice(i, i + batch_size)
             window = torch.from_numpy(last_items(histories, users[rows], self.cfg.max_len))
             window = window.to(queries.device)  # [b, T]
+            profile = profiles.to_torch(rows, queries.device)
             cand = torch.cat([torch.from_numpy(ids[rows]).to(queries.device), window], dim=1)
-            top = self._rescore(queries[rows], hidden[rows], items, window, cand, k)
+            if profile is not None:
+                cand = torch.cat([cand, profile[0]], dim=1)  # [b, k + T + T + F]
+            top = self._rescore(queries[rows], hidden[rows], items, window, cand, k, profile)
             out_ids.append(top[0])
             out_scores.append(top[1])
         return np.concatenate(out_ids), np.concatenate(out_scores)
 
+    def profiles(self, histories: UserItems, users: np.ndarray) -> Profiles:
+        """Long-term profiles of ``users``' requests (empty ``[U, 0]`` without the profile)."""
+        size = self.cfg.profile_size if self.long_term is not None else 0
+        return query_profiles(histories, users, self.cfg.max_len, size, self.cfg.profile_history)
+
+    def bonus(
+        self,
+        window: torch.Tensor,
+        hidden: torch.Tensor,
+        ids: torch.Tensor,
+        profile: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``[B, C]`` bonus of candidates ``ids [B, C]`` at the last position of ``window [B, T]``:
+        the repeat bonus and (given the request's ``profile``) the long-term one."""
+        out = torch.zeros(ids.shape, device=ids.device)
+        if self.repeat is not None:
+            out = out + self.repeat.last_bias(window, hidden, ids)
+        if self.long_term is not None and profile is not None:
+            out = out + self.long_term.bias(profile[0], profile[1], hidden, ids)
+        return out
+
     def candidate_logits(
-        self, inputs: torch.Tensor, items: torch.Tensor, hidden: torch.Tensor | None = None
+        self,
+        inputs: torch.Tensor,
+        items: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        profile: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Last hidden state ``[B, D]`` and logits ``[B, C]`` of candidates ``items [B, C]``.
 
-        The logits are what :meth:`recommend` ranks by: ``<u, v>`` plus the repeat bonus.
-        ``hidden`` is ``self(inputs)`` (``[B, T, D]``) when the caller already has it.
+        The logits are what :meth:`recommend` ranks by: ``<u, v>`` plus the bonuses (the
+        long-term one needs the requests' ``profile``: items ``[B, F]``, features
+        ``[B, F, 3]``). ``hidden`` is ``self(inputs)`` (``[B, T, D]``) when the caller has it.
         """
         hidden = (self(inputs) if hidden is None else hidden)[:, -1]  # [B, T, D] -> [B, D]
         vectors = self.head.item_side(self.item_vectors(items))  # [B, C, D]
         logits = torch.einsum("bd,bcd->bc", self.head.user_side(hidden), vectors)
-        if self.repeat is not None:
-            logits = logits + self.repeat.last_bias(inputs, hidden, items)
-        return hidden, logits
+        return hidden, logits + self.bonus(inputs, hidden, items, profile)
 
     def _rescore(
         self,
@@ -266,11 +300,12 @@ class Retriever(nn.Module):
         window: torch.Tensor,
         cand: torch.Tensor,
         k: int,
+        profile: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of candidates ``cand [b, C]`` by dot product plus the repeat bonus."""
+        """Top-``k`` of candidates ``cand [b, C]`` by dot product plus the bonuses."""
         cand = cand.clamp(min=PAD)  # EMPTY slots become padding, masked below
         scores = torch.einsum("bd,bcd->bc", queries, items[cand])  # [b, C]
-        scores = scores + self.repeat.last_bias(window, hidden, cand)
+        scores = scores + self.bonus(window, hidden, cand, profile)
         ordered, order = torch.sort(cand, dim=1)
         duplicate = torch.zeros_like(cand, dtype=torch.bool)
         duplicate[:, 1:] = ordered[:, 1:] == ordered[:, :-1]  # keep one copy of each item

@@ -42,6 +42,8 @@ class DeviceBatch:
         targets: int64 ``[P]`` the target item of each such position.
         global_targets: int64 ``[G]`` targets of the whole global batch (in-batch negatives).
         n_global: ``G``, the loss normalizer.
+        profile: the rows' long-term profiles (items ``[B, F]``, features ``[B, F, 3]``), or
+            None without them.
     """
 
     inputs: torch.Tensor
@@ -49,6 +51,7 @@ class DeviceBatch:
     targets: torch.Tensor
     global_targets: torch.Tensor
     n_global: int
+    profile: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_step(cls, step: Step, device: torch.device) -> DeviceBatch:
@@ -58,26 +61,36 @@ class DeviceBatch:
         def put(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(a).to(device, non_blocking=True)
 
+        profile = None
+        if local.profile is not None:
+            profile = (put(local.profile.items), put(local.profile.features))
         return cls(
             put(local.inputs),
             put(local.positions),
             put(targets),
             put(step.global_targets),
             step.n_global,
+            profile,
         )
 
     @classmethod
-    def at_last_position(cls, inputs: torch.Tensor, targets: torch.Tensor) -> DeviceBatch:
+    def at_last_position(
+        cls,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        profile: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> DeviceBatch:
         """One target per row, predicted from the row's last position (a served request).
 
         Args:
             inputs: int64 ``[B, T]`` left-padded windows (the requests' queries).
             targets: int64 ``[B]`` the item each row should retrieve; 0 = none (row skipped).
+            profile: the requests' long-term profiles, or None.
         """
         b, t = inputs.shape
         rows = torch.nonzero(targets > 0).flatten()  # [P]
         kept = targets[rows]
-        return cls(inputs, rows * t + (t - 1), kept, kept, len(kept))
+        return cls(inputs, rows * t + (t - 1), kept, kept, len(kept), profile)
 
 
 class CandidateSampler:
@@ -161,6 +174,26 @@ def repeat_bonus(
     return pos.reshape(-1)[batch.positions], neg
 
 
+def long_term_bonus(
+    long_term: torch.nn.Module, batch: DeviceBatch, h: torch.Tensor, neg_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Long-term bonus of the positives ``[P]`` and of the shared negatives ``[P, M]``.
+
+    ``h`` is ``[P, D]``, the hidden state at each target position. A row's profile is the same
+    for all its positions, so the negatives are looked up once per row.
+    """
+    items, features = batch.profile
+    t = batch.inputs.shape[1]
+    row = torch.div(batch.positions, t, rounding_mode="floor")  # [P] the row of each position
+    propensity = long_term.propensity(h.float())  # [P, 1]
+    pos_part, pos_found = long_term.static(items, features, batch.targets, rows=row)  # [P]
+    pos = pos_part + propensity.squeeze(1) * pos_found  # [P]
+    shared = neg_ids[None, :].expand(items.shape[0], -1)  # [M] -> [B, M]
+    neg_part, neg_found = long_term.static(items, features, shared)  # [B, M]
+    neg = neg_part[row] + propensity * neg_found[row]  # [P, M]
+    return pos, neg
+
+
 def next_item_loss(
     model: torch.nn.Module,
     batch: DeviceBatch,
@@ -203,6 +236,9 @@ def next_item_loss(
         neg_logits = model.head(h, vectors[n_pos:])  # [P, M]
         if model.repeat is not None:
             pos_bias, neg_bias = repeat_bonus(model, batch, hidden, neg_ids)
+            pos_logits, neg_logits = pos_logits + pos_bias, neg_logits + neg_bias
+        if model.long_term is not None and batch.profile is not None:
+            pos_bias, neg_bias = long_term_bonus(model.long_term, batch, h, neg_ids)
             pos_logits, neg_logits = pos_logits + pos_bias, neg_logits + neg_bias
     loss = sampled_softmax_loss(
         pos_logits.float(),

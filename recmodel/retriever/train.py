@@ -23,7 +23,7 @@ import torch
 
 from recmodel.core.config import EvalConfig, ModelConfig, QConfig, TrainConfig
 from recmodel.core.dataset import Dataset, ItemFeatures
-from recmodel.retriever.batches import Step, WindowBatcher, make_windows
+from recmodel.retriever.batches import Step, WindowBatcher, make_windows, prefetched
 from recmodel.retriever.checkpoint import load_state, model_config_dict, state_bytes
 from recmodel.retriever.distributed import (
     DistContext,
@@ -165,7 +165,10 @@ class _Run:
         self.start = time.perf_counter()
         self.model = build_model(dataset.items, cfg_model, cfg_train.seed, init_state, ctx)
         self.model_config = model_config_dict(cfg_model, dataset.items)
-        windows = make_windows(dataset.train(), cfg_model.max_len)
+        profile_size = cfg_model.profile_size if self.model.long_term is not None else 0
+        windows = make_windows(
+            dataset.train(), cfg_model.max_len, profile_size, cfg_model.profile_history
+        )
         self.batcher = WindowBatcher(
             windows, cfg_train.batch_size, cfg_train.seed, ctx.rank, ctx.world_size
         )
@@ -234,7 +237,8 @@ class _Run:
         self.model.train()
         self.monitor.start_epoch()
         # Batches are a pure function of (seed, epoch): skipped ones are built, never trained on.
-        for step in itertools.islice(self.batcher.epoch(epoch), skip, None):
+        # The next batch is built in the background while this one trains.
+        for step in prefetched(itertools.islice(self.batcher.epoch(epoch), skip, None)):
             loss = train_step(
                 self.model,
                 self.optimizer,

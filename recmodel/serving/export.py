@@ -8,18 +8,22 @@
 - ``item_ids.parquet``: ``item_idx``, ``item_id`` of the ``N`` tracks (original ids);
 - ``query_encoder.pt``: TorchScript (``torch.jit.load``) with two methods,
   ``forward(window int64 [B, T]) -> float32 [B, D]`` query vectors and
-  ``score(window [B, T], candidates int64 [B, C]) -> float32 [B, C]`` logits: ``<q, v>`` plus
-  the repeat bonus of the candidates that are in the window;
+  ``score(window [B, T], candidates int64 [B, C], profile_items int64 [B, F],
+  profile_features float32 [B, F, 3]) -> float32 [B, C]`` logits: ``<q, v>`` plus the repeat
+  bonus of the candidates in the window and the long-term bonus of those in the profile;
 - ``manifest.json``: file names with their sha256, shapes, ``max_len``, the padding id and the
   recipe below. The directory is written whole or not at all (:mod:`recmodel.serving.bundle`),
   and :func:`load_export` checks every hash before use.
 
 A request is served exactly as :meth:`Retriever.recommend` ranks: take the listener's last
-``T <= max_len`` tracks as ``item_idx``, left-padded with 0; ``q = forward(window)``; retrieve
-the top ``k + T`` items by ``q @ item_vectors.T`` (an ANN index in production) and add the
-window's own items; ``score(window, candidates)``; drop duplicates and padding; keep the top
-``k``. A track outside the window scores exactly its dot product and at most ``T`` window tracks
-can rank above it, so this candidate set always holds the exact top ``k``.
+``T <= max_len`` tracks as ``item_idx``, left-padded with 0, and its long-term profile (the
+``manifest["profile"]`` recipe, :mod:`recmodel.retriever.profile`: the plays before the window,
+up to ``F`` tracks with three features); ``q = forward(window)``; retrieve the top
+``k + T + F`` items by ``q @ item_vectors.T`` (an ANN index in production) and add the
+window's and the profile's tracks; ``score(window, candidates, profile_items,
+profile_features)``; drop duplicates and padding; keep the top ``k``. A track outside the window
+and the profile scores exactly its dot product and at most ``T + F`` tracks can move, so this
+candidate set always holds the exact top ``k``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from torch import nn
 from recmodel.core.columns import Columns
 from recmodel.retriever.batches import PAD
 from recmodel.retriever.model import Retriever
+from recmodel.retriever.profile import DECAYS_DAYS, N_FEATURES
 from recmodel.serving.bundle import MANIFEST, load_bundle, write_bundle
 
 log = logging.getLogger(__name__)
@@ -49,9 +54,11 @@ ITEM_IDS = "item_ids.parquet"
 QUERY_ENCODER = "query_encoder.pt"
 EXAMPLE_CANDIDATES = 4  # candidates per row of the tracing example (any C works afterwards)
 SERVING_RECIPE = (
-    "window = last <= max_len item_idx, left-padded with 0; q = forward(window); "
-    "candidates = top (k + T) of q @ item_vectors.T, plus the window's items; "
-    "logits = score(window, candidates); drop padding and duplicates; keep the top k"
+    "window = last <= max_len item_idx, left-padded with 0; profile = the plays before it as "
+    "manifest['profile'] says (F tracks, 0-padded); q = forward(window); candidates = top "
+    "(k + T + F) of q @ item_vectors.T, plus the window's and the profile's items; logits = "
+    "score(window, candidates, profile_items, profile_features); drop padding and "
+    "duplicates; keep the top k"
 )
 
 
@@ -66,9 +73,17 @@ class QueryEncoder(nn.Module):
         """int64 ``[B, T]`` left-padded window -> ``[B, D]`` query vectors (head's user side)."""
         return self.model.head.user_side(self.model(window)[:, -1])  # [B, T, D] -> [B, D]
 
-    def score(self, window: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """``window [B, T]``, ``candidates [B, C]`` -> logits ``[B, C]`` with the repeat bonus."""
-        return self.model.candidate_logits(window, candidates)[1]
+    def score(
+        self,
+        window: torch.Tensor,
+        candidates: torch.Tensor,
+        profile_items: torch.Tensor,
+        profile_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """``window [B, T]``, ``candidates [B, C]``, the profile ``[B, F]`` and ``[B, F, 3]``
+        -> logits ``[B, C]`` with the bonuses (a model without the profile ignores it)."""
+        profile = (profile_items, profile_features)
+        return self.model.candidate_logits(window, candidates, profile=profile)[1]
 
 
 def trace_query_encoder(model: Retriever) -> torch.jit.ScriptModule:
@@ -81,21 +96,21 @@ def trace_query_encoder(model: Retriever) -> torch.jit.ScriptModule:
     cpu = model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
     was_training = cpu.training
     cpu.eval()
-    window, candidates = _example_inputs(cpu)
+    window, candidates, profile = _example_inputs(cpu)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             return torch.jit.trace_module(
                 QueryEncoder(cpu),
-                {"forward": (window,), "score": (window, candidates)},
+                {"forward": (window,), "score": (window, candidates, *profile)},
                 check_trace=False,
             )
     finally:
         cpu.train(was_training)
 
 
-def _example_inputs(model: Retriever) -> tuple[torch.Tensor, torch.Tensor]:
-    """A padded window with a repeated track, and candidates in and out of it."""
+def _example_inputs(model: Retriever) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """A padded window with a repeated track, candidates in and out of it, and a profile."""
     t, n = model.cfg.max_len, model.tower.n_items
     ids = torch.arange(t, dtype=torch.int64) % n + 1  # [T], valid ids 1..N
     window = torch.stack(
@@ -103,7 +118,11 @@ def _example_inputs(model: Retriever) -> tuple[torch.Tensor, torch.Tensor]:
     )
     window[0, -1] = window[0, 0]  # a repeat, so the bonus path sees a count above 1
     candidates = torch.arange(EXAMPLE_CANDIDATES, dtype=torch.int64) % n + 1  # [C]
-    return window, candidates.expand(2, -1).contiguous()  # [2, T], [2, C]
+    f = max(model.cfg.profile_size, 1)
+    profile_items = (torch.arange(f, dtype=torch.int64) % n + 1).expand(2, -1).contiguous()
+    profile_features = torch.ones(2, f, N_FEATURES)
+    # [2, T], [2, C], ([2, F], [2, F, 3])
+    return window, candidates.expand(2, -1).contiguous(), (profile_items, profile_features)
 
 
 def item_vectors(model: Retriever, chunk: int = 65_536) -> np.ndarray:
@@ -147,6 +166,15 @@ def export_retriever(model: Retriever, items: pa.Table, out_dir: str | Path) -> 
             "max_len": model.cfg.max_len,
             "pad_id": PAD,
             "repeat_aware": model.repeat is not None,
+            "profile": {
+                "size": model.cfg.profile_size if model.long_term is not None else 0,
+                "features": [f"log1p(sum exp(-age / {d:g} days))" for d in DECAYS_DAYS]
+                + ["log1p(plays)"],
+                "age": "seconds from a play to the window's first play",
+                "history": model.cfg.profile_history,
+                "plays": "the listener's last `history` plays before its last max_len, by track",
+                "order": "largest 30-day sum first, then lower item_idx",
+            },
             "torch_version": torch.__version__,
             "recipe": SERVING_RECIPE,
         }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,14 @@ def user_items(rows: list[list[int]]) -> UserItems:
     return UserItems(indptr, items, np.arange(len(items), dtype=np.int64))
 
 
+def timed_user_items(rows: list[list[int]], seed: int = 0) -> UserItems:
+    """UserItems with one row per list, plays minutes to weeks apart (some at the same second)."""
+    rng = np.random.default_rng(seed)
+    histories = user_items(rows)
+    gaps = rng.choice([0, 60, 3_600, 86_400, 7 * 86_400, 40 * 86_400], len(histories.items))
+    return UserItems(histories.indptr, histories.items, np.cumsum(gaps).astype(np.int64))
+
+
 def cycle_dataset(n_items: int = 20, n_users: int = 60, length: int = 30, seed: int = 0):
     """Users walk the cycle 1 -> 2 -> ... -> n_items -> 1 from random starts; val = next item."""
     rng = np.random.default_rng(seed)
@@ -89,3 +99,17 @@ def cycle_dataset(n_items: int = 20, n_users: int = 60, length: int = 30, seed: 
         train.append(walk[:-1])
         val.append(walk[-1:])
     return make_dataset(train, val, n_items)
+
+
+def plain_profile(items, ts, reference, size):
+    """A long-term profile by a plain loop: ``(track, log1p of [7-day sum, 30-day sum, plays])``
+    of the ``size`` tracks of largest 30-day sum (then lower id), ages up to ``reference``."""
+    stats = {}
+    for item, t in zip(items.tolist(), ts.tolist(), strict=True):
+        age = reference - t
+        s = stats.setdefault(item, [0.0, 0.0, 0.0])
+        s[0] += math.exp(-age / (7 * 86_400))
+        s[1] += math.exp(-age / (30 * 86_400))
+        s[2] += 1.0
+    ranked = sorted(stats, key=lambda j: (-stats[j][1], j))[:size]
+    return [(j, [math.log1p(v) for v in stats[j]]) for j in ranked]

@@ -1,5 +1,7 @@
 """Training windows and batches: exact handmade cases and loop references on random histories."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from recmodel.retriever.batches import (
     left_padded,
     make_batch,
     make_windows,
+    prefetched,
 )
 from tests.helpers.retriever_data import user_items
 
@@ -147,3 +150,36 @@ def test_batcher_rejects_bad_sharding():
         WindowBatcher(w, batch_size=4, seed=0, rank=0, world_size=2)
     with pytest.raises(ValueError, match="rank"):
         WindowBatcher(w, batch_size=4, seed=0, rank=2, world_size=2)
+
+
+def test_prefetched_yields_every_item_in_order():
+    assert list(prefetched(iter(range(50)), depth=3)) == list(range(50))
+    assert list(prefetched([])) == []
+
+
+def test_prefetched_raises_the_producers_error_after_the_items_before_it():
+    def items():
+        yield 1
+        yield 2
+        raise ValueError("batch 3 is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="batch 3 is broken"):
+        for item in prefetched(items()):
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_leaving_early_stops_the_producer():
+    built = []
+
+    def items():
+        for i in range(1_000):
+            built.append(i)
+            yield i
+
+    for item in prefetched(items(), depth=2):
+        if item == 5:
+            break
+    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(built) <= 5 + 1 + 2 + 1  # what was consumed, the queue, the one being offered

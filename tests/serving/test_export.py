@@ -16,15 +16,24 @@ import torch
 from recmodel.core.config import ModelConfig
 from recmodel.retriever.batches import last_items
 from recmodel.retriever.model import Retriever
+from recmodel.retriever.profile import N_FEATURES
 from recmodel.serving.batch import TOPK_SCHEMA, batch_topk, topk_table, write_batch_topk
 from recmodel.serving.bundle import MANIFEST
 from recmodel.serving.export import ITEM_IDS, ITEM_VECTORS, QUERY_ENCODER, export_retriever
-from tests.helpers.retriever_data import item_features, one_thread, user_items
+from tests.helpers.retriever_data import item_features, one_thread, plain_profile, timed_user_items
 
 N_ITEMS = 25
 MAX_LEN = 6
+PROFILE = 4
 CFG = ModelConfig(
-    d_model=16, n_blocks=1, n_heads=2, max_len=MAX_LEN, dropout=0.0, id_dim=8, meta_dim=4
+    d_model=16,
+    n_blocks=1,
+    n_heads=2,
+    max_len=MAX_LEN,
+    dropout=0.0,
+    id_dim=8,
+    meta_dim=4,
+    profile_size=PROFILE,
 )
 
 
@@ -35,10 +44,10 @@ pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 def model():
     torch.manual_seed(0)
     retriever = Retriever(item_features(N_ITEMS), CFG).eval()
-    # The repeat head starts at zero; random weights make its bonus part of every check.
+    # The bonuses start at zero; random weights make them part of every check.
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for param in retriever.repeat.parameters():
+        for param in [*retriever.repeat.parameters(), *retriever.long_term.parameters()]:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     return retriever
 
@@ -62,10 +71,23 @@ def exported(model, items, tmp_path_factory):
 @pytest.fixture(scope="module")
 def histories():
     rng = np.random.default_rng(3)
-    rows = [rng.integers(1, N_ITEMS + 1, rng.integers(1, 3 * MAX_LEN)).tolist() for _ in range(9)]
+    rows = [rng.integers(1, N_ITEMS + 1, rng.integers(1, 4 * MAX_LEN)).tolist() for _ in range(9)]
     rows[2] = []  # inactive: no history
     rows[5] = [4, 4, 4, 9, 4]  # heavy repeats, shorter than the window
-    return user_items(rows)
+    rows[7] = [3, 8, 3, 3, 8, 11] + rows[7]  # favourites before the window: a long-term profile
+    return timed_user_items(rows, seed=3)
+
+
+def request_profile(histories, user):
+    """The manifest's profile recipe by a plain loop: ``[1, F]`` items, ``[1, F, 3]`` features."""
+    items, ts = histories.row(user), histories.row_ts(user)
+    before = max(len(items) - MAX_LEN, 0)
+    profile = plain_profile(items[:before], ts[:before], ts[before], PROFILE) if before else []
+    out_items = np.zeros((1, PROFILE), dtype=np.int64)
+    out_features = np.zeros((1, PROFILE, N_FEATURES), dtype=np.float32)
+    for slot, (track, feats) in enumerate(profile):
+        out_items[0, slot], out_features[0, slot] = track, feats
+    return torch.from_numpy(out_items), torch.from_numpy(out_features)
 
 
 def eager_queries(model, window):
@@ -73,9 +95,9 @@ def eager_queries(model, window):
         return model.head.user_side(model(window)[:, -1]).numpy()
 
 
-def eager_scores(model, window, candidates):
+def eager_scores(model, window, candidates, profile=None):
     with torch.no_grad():
-        return model.candidate_logits(window, candidates)[1].numpy()
+        return model.candidate_logits(window, candidates, profile=profile)[1].numpy()
 
 
 def brute_force_topk(model, histories, users, k, exclude_seen=False):
@@ -84,7 +106,7 @@ def brute_force_topk(model, histories, users, k, exclude_seen=False):
     rows = []
     for user in users:
         window = torch.from_numpy(last_items(histories, np.array([user]), MAX_LEN))
-        scores = eager_scores(model, window, everything)[0]  # [N]
+        scores = eager_scores(model, window, everything, request_profile(histories, user))[0]
         ranked = sorted(range(N_ITEMS), key=lambda j: (-scores[j], j))
         if exclude_seen:
             seen = set(histories.row(user).tolist())
@@ -110,7 +132,7 @@ def test_export_writes_item_vectors_ids_and_manifest(model, exported):
         MAX_LEN,
         0,
     )
-    assert manifest["repeat_aware"] is True
+    assert manifest["repeat_aware"] is True and manifest["profile"]["size"] == PROFILE
     assert manifest["files"] == {
         "item_vectors": ITEM_VECTORS,
         "item_ids": ITEM_IDS,
@@ -132,8 +154,12 @@ LOADER = textwrap.dedent("""
         out = {
             "full": encoder(torch.from_numpy(data["full"])).numpy(),
             "short": encoder(torch.from_numpy(data["short"])).numpy(),
-            "scores": encoder.score(torch.from_numpy(data["full"]),
-                                    torch.from_numpy(data["candidates"])).numpy(),
+            "scores": encoder.score(
+                torch.from_numpy(data["full"]),
+                torch.from_numpy(data["candidates"]),
+                torch.from_numpy(data["profile_items"]),
+                torch.from_numpy(data["profile_features"]),
+            ).numpy(),
         }
     np.savez(out_path, **out)
 """)
@@ -148,7 +174,19 @@ def test_query_encoder_loads_without_the_package(model, exported, tmp_path):
     short = full[:, 2:]  # T = 4 < max_len
     candidates = np.concatenate([full[:, -3:], rng.integers(1, N_ITEMS + 1, (5, 6))], axis=1)
     candidates[1] = np.arange(1, 10)
-    np.savez(tmp_path / "inputs.npz", full=full, short=short, candidates=candidates)
+    profile_items = np.zeros((5, PROFILE), dtype=np.int64)  # row 1: no profile
+    profile_items[0, :2] = candidates[0, 3:5]  # candidates in the profile and not in the window
+    profile_items[2:, :] = candidates[2:, :PROFILE] + 0  # some in both
+    profile_features = rng.normal(size=(5, PROFILE, N_FEATURES)).astype(np.float32)
+    profile_features *= (profile_items > 0)[..., None]
+    np.savez(
+        tmp_path / "inputs.npz",
+        full=full,
+        short=short,
+        candidates=candidates,
+        profile_items=profile_items,
+        profile_features=profile_features,
+    )
     subprocess.run(
         [
             sys.executable,
@@ -168,26 +206,35 @@ def test_query_encoder_loads_without_the_package(model, exported, tmp_path):
     full_t, short_t = torch.from_numpy(full), torch.from_numpy(short)
     np.testing.assert_allclose(out["full"], eager_queries(model, full_t), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["short"], eager_queries(model, short_t), rtol=1e-5, atol=1e-5)
-    scores = eager_scores(model, full_t, torch.from_numpy(candidates))
+    profile = (torch.from_numpy(profile_items), torch.from_numpy(profile_features))
+    scores = eager_scores(model, full_t, torch.from_numpy(candidates), profile)
     np.testing.assert_allclose(out["scores"], scores, rtol=1e-5, atol=1e-5)
     assert out["scores"].shape == (5, 9)
-    # The bonus is really in the exported path: window items score above their plain dot product.
+    # The bonuses are really in the exported path: window items and profile items score away
+    # from their plain dot product, other candidates exactly at it.
     plain = np.einsum(
         "bd,bcd->bc", out["full"], np.load(exported["paths"][ITEM_VECTORS])[candidates]
     )
-    assert not np.allclose(out["scores"][:, :3], plain[:, :3], atol=1e-3)
+    moved = np.zeros(candidates.shape, dtype=bool)
+    for b in range(5):
+        moved[b] = np.isin(candidates[b], full[b][full[b] > 0])
+        moved[b] |= np.isin(candidates[b], profile_items[b][profile_items[b] > 0])
+    assert (np.abs(out["scores"] - plain)[moved] > 1e-3).all()
+    np.testing.assert_allclose(out["scores"][~moved], plain[~moved], rtol=1e-5, atol=1e-5)
+    assert moved[0, 3:5].all() and not np.isin(candidates[0, 3:5], full[0]).any()
 
 
-def serve(encoder, vectors, window, k):
+def serve(encoder, vectors, window, profile, k):
     """The manifest's recipe with torch and numpy only, one request at a time."""
     with torch.no_grad():
         query = encoder(window).numpy()[0]  # [D]
     dots = vectors[1:] @ query  # [N]: row 0 is padding, never a candidate
-    t = int((window > 0).sum())
-    nearest = np.argsort(-dots, kind="stable")[: k + t] + 1
-    candidates = np.unique(np.concatenate([nearest, window[0][window[0] > 0].numpy()]))
+    t, f = int((window > 0).sum()), int((profile[0] > 0).sum())
+    nearest = np.argsort(-dots, kind="stable")[: k + t + f] + 1
+    own = np.concatenate([window[0].numpy(), profile[0][0].numpy()])
+    candidates = np.unique(np.concatenate([nearest, own[own > 0]]))
     with torch.no_grad():
-        scores = encoder.score(window, torch.from_numpy(candidates)[None]).numpy()[0]
+        scores = encoder.score(window, torch.from_numpy(candidates)[None], *profile).numpy()[0]
     order = sorted(range(len(candidates)), key=lambda j: (-scores[j], candidates[j]))[:k]
     return candidates[order], scores[order]
 
@@ -195,11 +242,13 @@ def serve(encoder, vectors, window, k):
 def test_serving_recipe_reproduces_recommend(model, exported, histories):
     encoder = torch.jit.load(exported["paths"][QUERY_ENCODER])
     vectors = np.load(exported["paths"][ITEM_VECTORS])
-    users = np.array([0, 1, 3, 5, 8])
+    users = np.array([0, 1, 3, 5, 7, 8])
     ids, scores = model.recommend(histories, users, k=5)
     for row, user in enumerate(users):
         window = torch.from_numpy(last_items(histories, np.array([user]), MAX_LEN))
-        served_ids, served_scores = serve(encoder, vectors, window, k=5)
+        served_ids, served_scores = serve(
+            encoder, vectors, window, request_profile(histories, user), k=5
+        )
         np.testing.assert_array_equal(served_ids, ids[row])
         np.testing.assert_allclose(served_scores, scores[row], rtol=1e-5, atol=1e-5)
 
