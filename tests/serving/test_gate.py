@@ -288,3 +288,11 @@ def test_nothing_loadable_says_why_for_each_source():
         load_served({"serving": {"files": {}}}.__getitem__)
     message = str(err.value)
     assert message.startswith("serving: KeyError: 'manifest.json'; finetune_checkpoint: KeyError")
+
+
+def test_an_export_on_an_object_store_is_fetched_and_verified(run_artifacts, exported):
+    """``file://`` URIs take the object-store path: every file copied, then hashes checked."""
+    files = {k: f"file://{v}" for k, v in run_artifacts["serving"]["files"].items()}
+    served = load_served({**run_artifacts, "serving": {"files": files}}.__getitem__)
+    assert served.source == "serving"
+    np.testing.assert_array_equal(served.item_vectors, exported.item_vectors)
