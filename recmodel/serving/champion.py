@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -53,8 +54,20 @@ def resolve_run(spec: str, flow_name: str) -> Any:
     return Run(spec if "/" in spec else f"{flow_name}/{spec}")
 
 
+def started_at(run: Any) -> datetime:
+    """When ``run`` started: the creation of its ``start`` task.
+
+    Not ``run.created_at``: a local metadata store rewrites that time whenever the run's tags
+    change, so a rollback or a promotion by hand would reorder the champions.
+    """
+    try:
+        return run["start"].task.created_at
+    except KeyError:  # no start step recorded
+        return run.created_at
+
+
 def current_champion(flow_name: str, tags: Sequence[str] = ()) -> Any:
-    """The newest successful run tagged ``champion`` (and every tag of ``tags``), or None.
+    """The latest started successful run tagged ``champion`` (and every tag of ``tags``), or None.
 
     Runs are looked up in the current Metaflow namespace (``metaflow.namespace``).
     """
@@ -65,7 +78,7 @@ def current_champion(flow_name: str, tags: Sequence[str] = ()) -> Any:
         runs = list(Flow(flow_name).runs(CHAMPION_TAG, *tags))
     except MetaflowNotFound:
         return None
-    for run in sorted(runs, key=lambda r: r.created_at, reverse=True):
+    for run in sorted(runs, key=started_at, reverse=True):
         if run.successful:
             return run
     return None
@@ -101,7 +114,7 @@ def promote_by_hand(run: Any, flow_name: str) -> None:
         raise ValueError(f"{run.pathspec} did not succeed: it cannot become champion")
     branch = [tag for tag in run.tags if tag.startswith(("project:", "project_branch:"))]
     current = current_champion(flow_name, branch)
-    if current is not None and current.created_at > run.created_at:
+    if current is not None and started_at(current) > started_at(run):
         raise ValueError(
             f"{current.pathspec} is a newer champion; revoke it first "
             f"(python -m recmodel champion --revoke {current.id})"

@@ -4,6 +4,7 @@ import os
 import textwrap
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import metaflow
 import pytest
@@ -35,6 +36,12 @@ class FakeRun:
         self.pathspec, self.id = f"F/{number}", str(number)
         self.created_at = datetime(2024, 1, 1) + timedelta(hours=number)
         self.tags, self.successful = set(tags), successful
+
+    def __getitem__(self, step):
+        """Its ``start`` step, whose task was created with the run."""
+        if step != "start":
+            raise KeyError(step)
+        return SimpleNamespace(task=SimpleNamespace(created_at=self.created_at))
 
     def add_tag(self, tag):
         self.tags.add(tag)
@@ -187,3 +194,8 @@ def test_tags_of_real_runs(tmp_path):
     promote_by_hand(Run(f"GatedFlow/{ids[1]}"), "GatedFlow")
     assert current_champion("GatedFlow").id == ids[1]
     assert BY_HAND_TAG in Run(f"GatedFlow/{ids[1]}").user_tags
+    # Tag changes must not reorder runs (a local metadata store rewrites a run's created_at).
+    revoke(Run(f"GatedFlow/{ids[1]}"))
+    promote_by_hand(Run(f"GatedFlow/{ids[0]}"), "GatedFlow")  # tags the older run again
+    promote_by_hand(Run(f"GatedFlow/{ids[1]}"), "GatedFlow")  # still the newer one
+    assert current_champion("GatedFlow").id == ids[1]
