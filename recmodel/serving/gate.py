@@ -21,7 +21,6 @@ functions as the report (:mod:`recmodel.report.data`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +35,6 @@ from recmodel.evaluation.topk import EMPTY, topk_chunked
 from recmodel.retriever.batches import PAD, last_items
 from recmodel.serving.catalog import index_map, remap_histories
 from recmodel.serving.served import ModelUnavailable, ServedModel
-
-log = logging.getLogger(__name__)
 
 CHAMPION_MODEL = "champion"  # model name of the champion's rows in its recommendations table
 BATCH_USERS = 1_024  # listeners encoded and ranked at once

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from typing import Any
 
@@ -15,8 +14,6 @@ from recmodel.serving.bundle import MANIFEST
 from recmodel.serving.gate import CandidateWeek
 from recmodel.steps.common import config_of
 from recmodel.steps.report import evaluated_targets, publish_files
-
-log = logging.getLogger(__name__)
 
 
 def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
@@ -70,7 +67,7 @@ def gate_champion(
 
     Returns:
         The ``champion_decision`` artifact (plain values; see
-        :class:`recmodel.serving.champion.Decision`).
+        :class:`recmodel.serving.decision.Decision`).
     """
     from metaflow import Step
 
