@@ -295,16 +295,23 @@ class TwoStageFlow(FlowSpec):
         )
         self.next(self.end)
 
+    @card(type="blank", id="champion")
+    @resources(memory=8_000, cpu=2)  # the gate loads the test users' histories, as baselines do
     @step
     def end(self):
         """Export the retriever for serving, then gate it against the branch's champion."""
+        from recmodel.steps.cards import champion_card
         from recmodel.steps.common import RunTables
         from recmodel.steps.publish import export_serving, gate_champion
         from recmodel.steps.report import log_summary
 
         self.serving = export_serving(self.finetune_checkpoint, self.tables, RunTables(self))
-        # ``self.report`` is the step method here; the artifact is read through the Client API.
-        self.champion_decision = gate_champion(self.config, current.flow_name, current.run_id)
+        # Both models on this run's test users; ``self.report`` is the step method here, so the
+        # report artifact is read through the Client API.
+        self.champion_decision = gate_champion(
+            self.config, self.tables, self.recommendations, current.flow_name, current.run_id
+        )
+        champion_card(current.card["champion"], self.champion_decision)
         log_summary(self.report_files)
 
 

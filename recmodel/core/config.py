@@ -372,17 +372,30 @@ class EvalConfig(Section):
     SECTION: ClassVar[str] = "eval"
     LIMITS: ClassVar[dict[str, str]] = {
         "ks": ">=1", "max_test_users": ">=0", "chunk_items": ">=1", "bootstrap_samples": ">=1",
-        "gate_tolerance": ">=0",
+        "gate_margin": ">=0",
     }  # fmt: skip
+    GATE_METRICS: ClassVar[tuple[str, ...]] = ("recall", "ndcg", "hitrate")  # one value per user
 
     ks: tuple[int, ...] = (10, 50, 100)
     filter_seen: bool = False  # music is re-listened: keep already-heard tracks by default
     max_test_users: int = 0  # 0 = all test users
     chunk_items: int = 65_536  # catalog chunk of the top-k scan (bounds memory)
     bootstrap_samples: int = 1_000
-    gate_metric: str = "ndcg@10"  # champion gating compares sasrec_two_stage on this metric
-    gate_tolerance: float = 0.005  # a new run may be this much worse and still be promoted
+    # Champion gating (recmodel.serving.champion): sasrec_two_stage and the champion on this
+    # run's test users; promoted when the paired 95% interval of the difference on gate_metric
+    # has its lower end at or above -gate_margin.
+    gate_metric: str = "ndcg@10"
+    gate_margin: float = 0.005  # how much worse than the champion a run may be shown to be
+    champion_eligible: bool = True  # false: gated and reported, never tagged champion (smoke tests)
     seed: int = 0
+
+    def _check_rules(self) -> None:
+        name, _, k = self.gate_metric.partition("@")
+        _check(
+            name in self.GATE_METRICS and k.isdigit() and int(k) in self.ks,
+            f"eval.gate_metric must be recall@k, ndcg@k or hitrate@k with k in eval.ks "
+            f"{list(self.ks)}; got {self.gate_metric!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,12 @@
     python -m recmodel recommend --run latest --user U -k 20 [--flow TwoStageFlow]
     python -m recmodel report --run latest
     python -m recmodel export --run champion --out serving/
+    python -m recmodel champion [--promote RUN | --revoke RUN]
 
 ``--run`` takes ``latest`` (latest successful run), ``champion``, a run id or a pathspec; every
 artifact a command reads comes from that one run. Runs are looked up in the current Metaflow
-namespace (``--namespace global`` searches all of them).
+namespace (``--namespace global`` searches all of them). ``champion`` shows the current champion
+and its gate's decision; ``--promote`` and ``--revoke`` change it by hand.
 """
 
 from __future__ import annotations
@@ -63,15 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m recmodel", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = argparse.ArgumentParser(add_help=False)
-    run.add_argument(
-        "--run", default="latest", help="latest, champion, a run id or a Flow/run_id pathspec"
-    )
-    run.add_argument("--flow", default="TwoStageFlow", help="flow name (default TwoStageFlow)")
-    run.add_argument(
+    flow = argparse.ArgumentParser(add_help=False)
+    flow.add_argument("--flow", default="TwoStageFlow", help="flow name (default TwoStageFlow)")
+    flow.add_argument(
         "--namespace",
         default=None,
         help="Metaflow namespace to search ('global' for every namespace)",
+    )
+    run = argparse.ArgumentParser(add_help=False, parents=[flow])
+    run.add_argument(
+        "--run", default="latest", help="latest, champion, a run id or a Flow/run_id pathspec"
     )
     rec = commands.add_parser("recommend", parents=[run], help="a listener's recommendations")
     rec.add_argument("--user", required=True, help="original user_id")
@@ -93,18 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
     exp = commands.add_parser("export", parents=[run], help="write the serving files")
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--model", choices=sorted(CHECKPOINTS), default="finetune")
+    champ = commands.add_parser(
+        "champion", parents=[flow], help="the current champion; promote or revoke a run by hand"
+    )
+    by_hand = champ.add_mutually_exclusive_group()
+    by_hand.add_argument("--promote", metavar="RUN", help="make RUN the champion by hand")
+    by_hand.add_argument(
+        "--revoke", metavar="RUN", help="RUN stops being champion (the one before it is current)"
+    )
     return parser
+
+
+def use_namespace(args: argparse.Namespace) -> None:
+    import metaflow
+
+    if args.namespace is not None:
+        metaflow.namespace(None if args.namespace == "global" else args.namespace)
 
 
 def open_run(args: argparse.Namespace) -> tuple[str, Artifacts]:
     """Resolve ``--run`` once; return its pathspec and a loader of its artifacts."""
-    import metaflow
-
     from recmodel.core.tables import load_artifact
     from recmodel.serving.champion import resolve_run
 
-    if args.namespace is not None:
-        metaflow.namespace(None if args.namespace == "global" else args.namespace)
+    use_namespace(args)
     run = resolve_run(args.run, args.flow)
     return run.pathspec, lambda name: load_artifact(name, run, flow=args.flow, as_table=False)
 
@@ -281,6 +296,34 @@ def cmd_export(args: argparse.Namespace, pathspec: str, artifacts: Artifacts, ou
     return 0
 
 
+def cmd_champion(args: argparse.Namespace, out: TextIO) -> int:
+    """Show the current champion and why; or promote or revoke a run by hand."""
+    from recmodel.core.tables import load_artifact
+    from recmodel.serving import champion
+
+    use_namespace(args)
+    if args.promote:
+        run = champion.resolve_run(args.promote, args.flow)
+        champion.promote_by_hand(run, args.flow)
+        out.write(f"{run.pathspec} is the champion (promoted by hand)\n")
+        return 0
+    if args.revoke:
+        run = champion.resolve_run(args.revoke, args.flow)
+        if champion.CHAMPION_TAG not in run.tags:
+            raise LookupError(f"{run.pathspec} is not a champion")
+        champion.revoke(run)
+        now = champion.current_champion(args.flow)
+        out.write(f"{run.pathspec} revoked; champion now: {now.pathspec if now else 'none'}\n")
+        return 0
+    run = champion.resolve_run(champion.CHAMPION_TAG, args.flow)
+    decision = load_artifact("champion_decision", run, flow=args.flow)
+    how = decision["reason"]
+    if champion.BY_HAND_TAG in run.tags:
+        how = f"promoted by hand (its gate: {how})"
+    out.write(f"{run.pathspec} is the champion: {how}\n")
+    return 0
+
+
 COMMANDS = {"recommend": cmd_recommend, "report": cmd_report, "export": cmd_export}
 
 
@@ -297,6 +340,8 @@ def main(
     from metaflow.exception import MetaflowNotFound
 
     try:
+        if args.command == "champion":  # acts on the flow's champion, not on one --run
+            return cmd_champion(args, out)
         pathspec, artifacts = open_run(args)
         return COMMANDS[args.command](args, pathspec, artifacts, out)
     except (*USAGE_ERRORS, MetaflowNotFound) as exc:

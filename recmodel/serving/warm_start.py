@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from recmodel.core.columns import Columns
@@ -30,6 +29,7 @@ from recmodel.core.dataset_io import CODE_COLUMNS
 from recmodel.retriever.checkpoint import load_state
 from recmodel.retriever.model import Retriever
 from recmodel.retriever.tower import META_FIELDS
+from recmodel.serving.catalog import item_mapping
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +51,6 @@ class WarmStart:
 
     state: dict[str, torch.Tensor]
     summary: dict[str, Any]
-
-
-def item_mapping(old_items: pa.Table, new_items: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ``(new_idx [S], old_idx [S])`` of the tracks in both catalogs, by ``item_id``.
-
-    Raises:
-        ValueError: the two tables hold ``item_id`` of different types.
-    """
-    old_ids, new_ids = old_items.column(Columns.ITEM), new_items.column(Columns.ITEM)
-    if old_ids.type != new_ids.type:
-        raise ValueError(
-            f"item_id is {old_ids.type} in the old catalog and {new_ids.type} in "
-            "the new one: tracks cannot be matched"
-        )
-    pos = pc.index_in(new_ids, value_set=old_ids)  # [N_new], null where the track is new
-    found = pc.is_valid(pos)
-    new_idx = new_items.column(Columns.ITEM_IDX).filter(found).to_numpy().astype(np.int64)
-    old_rows = pos.filter(found).to_numpy().astype(np.int64)
-    old_idx = old_items.column(Columns.ITEM_IDX).to_numpy().astype(np.int64)[old_rows]
-    return new_idx, old_idx
 
 
 def code_mapping(new_codes: np.ndarray, old_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

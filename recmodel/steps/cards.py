@@ -149,3 +149,73 @@ def ranker_card(card: Any, quality: dict) -> None:
         card.append(
             Table([[k, _fmt(v)] for k, v in rows], headers=["feature", "permutation importance"])
         )
+
+
+def champion_card(card: Any, decision: dict) -> None:
+    """The champion gate: the verdict, the rule, the runs, both models on the same users."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown, Table
+
+    card.append(Markdown(f"# Champion gate: {_verdict(decision)}\n\n{decision['reason']}"))
+    card.append(Markdown("\n".join(_gate_lines(decision))))
+    if not decision.get("compared"):
+        return
+    metric = decision["metric"]
+    candidate, champion = decision["candidate"], decision["champion"]
+    rows = [
+        [
+            name,
+            _fmt(candidate[name]),
+            _fmt(champion[name]),
+            f"{candidate[name] - champion[name]:+.4f}",
+        ]
+        for name in candidate
+        if name in champion
+    ]
+    card.append(
+        Markdown(
+            f"## Both models on this run's {_fmt(decision['reach'].get('n_users'))} test users\n\n"
+            f"The decision uses {metric}; the other metrics are for reading."
+        )
+    )
+    card.append(Table(rows, headers=["metric", "candidate", "champion", "candidate - champion"]))
+
+
+def _verdict(decision: dict) -> str:
+    if not decision.get("eligible", True):
+        return "not eligible (never tagged champion)"
+    return "promoted" if decision["promote"] else "rejected"
+
+
+def _gate_lines(decision: dict) -> list[str]:
+    """The rule, the runs, the paired interval and what the champion could not reach."""
+    metric = decision["metric"]
+    lines = [
+        f"- **rule**: {decision['rule']}",
+        f"- **candidate run**: `{decision.get('candidate_run')}`",
+        f"- **champion run**: `{decision.get('champion_run') or 'none'}`",
+    ]
+    if not decision.get("compared"):
+        return lines + ["- **compared**: no (see the reason above)"]
+    lo, hi = decision["interval"]
+    reach = decision["reach"]
+    lines += [
+        f"- **{metric}, candidate - champion**: {decision['delta']:+.4f}, 95% interval "
+        f"[{lo:+.4f}, {hi:+.4f}], p = {decision['p_value']:.3g}; margin {decision['margin']:g}",
+        f"- **test users / target pairs**: {_fmt(reach.get('n_users'))} / "
+        f"{_fmt(reach.get('n_targets'))}",
+        f"- **targets unreachable for the champion** (tracks it does not know): "
+        f"{_fmt(reach.get('unreachable_targets'))}; tracks of this run it does not know: "
+        f"{_fmt(reach.get('unknown_tracks'))}",
+        f"- **listeners it could not embed** (given popular tracks): "
+        f"{_fmt(reach.get('fallback_users'))}",
+        f"- **champion loaded from**: `{reach.get('champion_source')}`",
+    ]
+    own = decision.get("champion_own_week")
+    if own is not None:
+        lines.append(
+            f"- **the champion's {metric} on its own test week**: {_fmt(own)} (another week: "
+            "not comparable, for reference only)"
+        )
+    return lines

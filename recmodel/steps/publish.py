@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import tempfile
 from typing import Any
 
-from recmodel.core.tables import read_table
+import pyarrow as pa
+
+from recmodel.core.columns import Columns
+from recmodel.core.tables import TableRef, read_table
 from recmodel.serving import champion, export
 from recmodel.serving.bundle import MANIFEST
+from recmodel.serving.gate import CandidateWeek
 from recmodel.steps.common import config_of
-from recmodel.steps.report import publish_files
-
-log = logging.getLogger(__name__)
-
-GATE_MODEL = "sasrec_two_stage"
+from recmodel.steps.report import evaluated_targets, publish_files
 
 
 def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
@@ -41,22 +39,48 @@ def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
     return {**manifest, "files": uris}
 
 
-def gate_champion(config: dict, flow_name: str, run_id: str) -> dict:
-    """Tag the run ``champion`` or ``rejected`` against the branch's current champion."""
+def candidate_week(config: dict, refs: dict) -> CandidateWeek:
+    """The run's test users, their queries and targets: what the champion is scored on.
+
+    The users and targets are the report's (``eval.max_test_users`` samples both alike); the
+    popularity order is the popularity baseline's, for listeners the champion cannot embed.
+    """
+    from recmodel.baselines.simple import Popularity
+    from recmodel.steps.step_data import load_step_data
+
+    data = load_step_data(config, refs)
+    users = data.test.users  # [U] user_idx
+    return CandidateWeek(
+        targets=evaluated_targets(refs["test_targets"], data.cfg),
+        items=read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM, Columns.COUNT]),
+        user_ids=data.user_ids.take(pa.array(users)),
+        histories=data.test.histories.take(users),
+        popular=Popularity().fit(data.dataset).popular,
+        filter_seen=data.cfg.eval.filter_seen,
+    )
+
+
+def gate_champion(
+    config: dict, refs: dict, recommendations: TableRef, flow_name: str, run_id: str
+) -> dict:
+    """Judge the run against the branch's champion on this run's test users, and tag it.
+
+    Returns:
+        The ``champion_decision`` artifact (plain values; see
+        :class:`recmodel.serving.decision.Decision`).
+    """
     from metaflow import Step
 
     cfg = config_of(config)
     report = Step(f"{flow_name}/{run_id}/report").task["report"].data
     decision = champion.gate(
-        report,
+        candidate_week(config, refs),
+        read_table(recommendations),
+        report["protocol"],
         flow_name,
         run_id,
+        cfg.eval,
         tags=champion.branch_tags(),
-        model=GATE_MODEL,
-        metric=cfg.eval.gate_metric,
-        tolerance=cfg.eval.gate_tolerance,
+        preset=cfg.name,
     )
-    log.info(
-        "champion gate: %s (%s)", "promoted" if decision.promote else "rejected", decision.reason
-    )
-    return dataclasses.asdict(decision) if dataclasses.is_dataclass(decision) else decision
+    return decision.to_dict()  # champion.apply logged the decision with the run's tag

@@ -51,6 +51,13 @@ def test_preset_keys_override_defaults_and_lists_become_tuples():
         ({"train": {"logq": 1}}, r"train.logq must be a string, got 1"),
         # ranges and choices
         ({"eval": {"bootstrap_samples": 0}}, r"eval.bootstrap_samples must be >=1, got 0"),
+        ({"eval": {"gate_margin": -0.01}}, r"eval.gate_margin must be >=0, got -0.01"),
+        (
+            {"eval": {"gate_metric": "coverage@100"}},
+            r"eval.gate_metric must be recall@k, ndcg@k or hitrate@k with k in eval.ks "
+            r"\[10, 50, 100\]; got 'coverage@100'",
+        ),
+        ({"eval": {"gate_metric": "ndcg@20"}}, r"k in eval.ks \[10, 50, 100\]; got 'ndcg@20'"),
         ({"train": {"lr": -1}}, r"train.lr must be >0, got -1.0"),
         ({"train": {"lr": float("nan")}}, r"train.lr must be >0, got nan"),
         ({"q": {"uniform_mix": 1.5}}, r"q.uniform_mix must be \[0,1\], got 1.5"),
@@ -136,3 +143,8 @@ def test_limits_and_sizes():
     assert within(1, ">=1") and not within(0, ">0") and within(-1, "<0")
     assert memory_bytes("4GB") == 4e9 and memory_bytes("512 MiB") == 512 * 2**20
     assert memory_bytes("4 gigabytes") is None
+
+
+def test_only_the_smoke_test_preset_never_becomes_champion():
+    presets = ("tiny", "default", "large")
+    assert [load_preset(n).eval.champion_eligible for n in presets] == [False, True, True]

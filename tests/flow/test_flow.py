@@ -145,5 +145,16 @@ def test_end_exports_serving_files_and_gates_the_champion(run):
         os.path.basename(uri) for uri in serving["files"].values()
     }
     decision = end["champion_decision"].data
-    assert decision["promote"] is True  # the first run of a branch has no champion to beat
-    assert "champion" in run.tags
+    # A tiny run is a smoke test: judged (here, with no champion yet to beat) but never tagged.
+    assert (decision["promote"], decision["eligible"]) == (False, False)
+    assert decision["reason"].endswith("the gate alone: no champion yet: promoted")
+    assert decision["candidate_run"] == run.pathspec
+    assert "champion" not in run.tags and "rejected" not in run.tags
+
+
+def test_champion_card_renders(run, tmp_path):
+    out = tmp_path / "champion.html"
+    cmd = [sys.executable, str(FLOW), "card", "get", f"{run.id}/end", "--id", "champion", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=os.environ.copy())
+    payload = _card_payload(out.read_text())
+    assert "Champion gate: not eligible" in payload and "eval.champion_eligible" in payload

@@ -53,6 +53,8 @@ def run_steps(
     out["serving"] = export_serving(final, refs, tables("end"))
     out.update(
         config=config,
+        tables=refs,
+        recommendations=recommendations,
         data_summary=summary,
         model_results=results,
         ranker_quality=quality,

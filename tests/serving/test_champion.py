@@ -1,183 +1,47 @@
-"""Champion gating: the decision rule, protocol keys, run lookup and tags."""
+"""Champion runs and their tags: lookup, promotion, rejection, rollback, by hand."""
 
-import math
 import os
 import textwrap
 from datetime import datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import metaflow
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from recmodel.serving import champion
 from recmodel.serving.champion import (
+    BY_HAND_TAG,
     CHAMPION_TAG,
     REJECTED_TAG,
-    Decision,
     apply,
     current_champion,
-    decide,
-    decide_reports,
-    protocol_key,
+    promote_by_hand,
     resolve_run,
     revoke,
 )
+from recmodel.serving.decision import Decision, rule_text
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_no_champion_promotes():
-    assert decide({"ndcg@10": 0.25}, None) == Decision(
-        True, "no champion yet", None, "ndcg@10", 0.25, None
+def decision(promote: bool, eligible: bool = True) -> Decision:
+    return Decision(
+        promote, "why", rule_text("ndcg@10", 0.005), "ndcg@10", 0.005, eligible=eligible
     )
-
-
-def test_improvement_promotes_with_exact_delta():
-    decision = decide({"ndcg@10": 0.5}, {"ndcg@10": 0.25})
-    assert decision == Decision(True, "ndcg@10 improved by +0.25", 0.25, "ndcg@10", 0.5, 0.25)
-
-
-def test_regression_at_the_tolerance_promotes_and_beyond_it_rejects():
-    at = decide({"ndcg@10": 0.25}, {"ndcg@10": 0.5}, tolerance=0.25)
-    assert at.promote and at.delta == -0.25 and at.reason == "ndcg@10 within tolerance: -0.25"
-    beyond = decide({"ndcg@10": 0.25}, {"ndcg@10": 0.5}, tolerance=0.125)
-    assert not beyond.promote and beyond.delta == -0.25
-    assert beyond.reason == "ndcg@10 regressed by 0.25 (> tolerance 0.125)"
-
-
-def test_other_metric_is_compared():
-    decision = decide(
-        {"ndcg@10": 0.0, "recall@100": 0.75},
-        {"ndcg@10": 1.0, "recall@100": 0.5},
-        metric="recall@100",
-    )
-    assert decision.promote and decision.delta == 0.25 and decision.metric == "recall@100"
-
-
-@pytest.mark.parametrize(
-    "candidate",
-    [{}, {"ndcg@10": float("nan")}, {"ndcg@10": None}, {"ndcg@10": "0.3"}, {"ndcg@10": True}],
-)
-def test_candidate_without_a_finite_metric_never_promotes(candidate):
-    for champ in (None, {"ndcg@10": 0.0}):
-        decision = decide(candidate, champ)
-        assert not decision.promote and decision.reason == "candidate has no finite ndcg@10"
-
-
-def test_champion_without_the_metric_is_replaced():
-    decision = decide({"ndcg@10": 0.1}, {"ndcg@10": float("inf")})
-    assert decision.promote and decision.delta is None
-    assert decision.reason == "champion has no finite ndcg@10"
-
-
-@pytest.mark.parametrize("tolerance", [-0.001, float("nan"), float("inf")])
-def test_bad_tolerance_is_rejected(tolerance):
-    with pytest.raises(ValueError, match="tolerance"):
-        decide({"ndcg@10": 0.1}, {"ndcg@10": 0.1}, tolerance=tolerance)
-
-
-unit = st.floats(0.0, 1.0, allow_nan=False)
-
-
-@given(candidate=unit, champ=unit, tolerance=st.floats(0.0, 0.1, allow_nan=False))
-def test_a_regression_beyond_tolerance_never_replaces_the_champion(candidate, champ, tolerance):
-    decision = decide({"ndcg@10": candidate}, {"ndcg@10": champ}, tolerance=tolerance)
-    assert decision.promote == (candidate - champ >= -tolerance)  # the rule, written plainly
-    assert decision.delta == candidate - champ
-    better = decide(
-        {"ndcg@10": min(1.0, candidate + 0.01)}, {"ndcg@10": champ}, tolerance=tolerance
-    )
-    assert better.promote or not decision.promote  # a better candidate never does worse
-
-
-def report(ndcg=0.3, start="2024-03-01T00:00:00+00:00", days=(6, 4, 5), **protocol):
-    """A ``report`` artifact with temporal windows of ``days`` (finetune, val, test)."""
-    t0 = datetime.fromisoformat(start)
-    edges = [t0 + timedelta(days=sum(days[:i])) for i in range(4)]
-    windows = {
-        name: [edges[i].isoformat(), edges[i + 1].isoformat()]
-        for i, name in enumerate(("finetune", "val", "test"))
-    }
-    windows["pretrain"] = [(t0 - timedelta(days=30)).isoformat(), t0.isoformat()]
-    base = {
-        "split": "temporal",
-        "filter_seen": False,
-        "listen_threshold_pct": 50.0,
-        "gap_minutes": 30.0,
-        "max_test_users": "all",
-        "windows": windows,
-        "n_test_users": 100,
-        "n_targets": 400,
-    }
-    return {
-        "protocol": {**base, **protocol},
-        "metrics": {"sasrec_two_stage": {"ndcg@10": ndcg}, "als": {"ndcg@10": 0.9}},
-    }
-
-
-def test_protocol_key_exact():
-    assert protocol_key(report()) == (
-        ("split", "temporal"),
-        ("filter_seen", False),
-        ("listen_threshold_pct", 50.0),
-        ("gap_minutes", 30.0),
-        ("max_test_users", "all"),
-        ("finetune_minutes", 6 * 1440),
-        ("val_minutes", 4 * 1440),
-        ("test_minutes", 5 * 1440),
-    )
-
-
-def test_sliding_windows_compare_unless_strict():
-    week_later = report(start="2024-03-08T00:00:00+00:00", n_test_users=120)
-    assert protocol_key(week_later) == protocol_key(report())
-    assert protocol_key(week_later, strict=True) != protocol_key(report(), strict=True)
-    assert protocol_key(report(), strict=True) == protocol_key(report(), strict=True)
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"filter_seen": True},
-        {"split": "leave_last_out"},
-        {"listen_threshold_pct": 80.0},
-        {"days": (6, 4, 7)},
-    ],
-)
-def test_protocol_changes_change_the_key(change):
-    assert protocol_key(report(**change)) != protocol_key(report())
-
-
-def test_decide_reports_compares_the_production_model():
-    decision = decide_reports(report(ndcg=0.25), report(ndcg=0.5))
-    assert not decision.promote and decision.delta == -0.25  # als's 0.9 plays no part
-    assert decide_reports(report(ndcg=0.5), report(ndcg=0.25)).promote
-    assert decide_reports(report(ndcg=0.25), None).reason == "no champion yet"
-
-
-def test_changed_protocol_promotes_and_says_why():
-    decision = decide_reports(report(ndcg=0.1, filter_seen=True, days=(6, 4, 7)), report(0.5))
-    assert decision.promote and decision.delta is None and decision.champion is None
-    assert decision.reason == (
-        "protocol changed (filter_seen, test_minutes): no comparable champion"
-    )
-    strict = decide_reports(
-        report(0.1, start="2024-03-08T00:00:00+00:00"), report(0.5), strict=True
-    )
-    assert strict.promote and strict.reason.startswith("protocol changed (finetune_bounds")
-
-
-def test_changed_protocol_still_rejects_a_candidate_without_the_metric():
-    broken = report(filter_seen=True)
-    broken["metrics"] = {"als": {"ndcg@10": 0.9}}  # the production model failed
-    decision = decide_reports(broken, report())
-    assert not decision.promote and decision.reason == "candidate has no finite ndcg@10"
 
 
 class FakeRun:
     def __init__(self, number, tags=(), successful=True):
-        self.pathspec = f"F/{number}"
+        self.pathspec, self.id = f"F/{number}", str(number)
         self.created_at = datetime(2024, 1, 1) + timedelta(hours=number)
         self.tags, self.successful = set(tags), successful
+
+    def __getitem__(self, step):
+        """Its ``start`` step, whose task was created with the run."""
+        if step != "start":
+            raise KeyError(step)
+        return SimpleNamespace(task=SimpleNamespace(created_at=self.created_at))
 
     def add_tag(self, tag):
         self.tags.add(tag)
@@ -240,32 +104,56 @@ def test_resolve_run(fake_flows):
 
 
 def test_apply_and_revoke_tags(fake_flows):
-    apply(fake_flows[4], decide({"ndcg@10": 0.2}, None))
+    apply(fake_flows[4], decision(True))
     assert CHAMPION_TAG in fake_flows[4].tags and current_champion("F").pathspec == "F/5"
     revoke(fake_flows[4])
     assert fake_flows[4].tags == {REJECTED_TAG} and current_champion("F").pathspec == "F/3"
-    apply(fake_flows[1], decide({}, None))
+    apply(fake_flows[1], decision(False))
+    assert fake_flows[1].tags == {REJECTED_TAG}
+
+
+def test_a_run_that_is_not_eligible_gets_no_tag(fake_flows):
+    apply(fake_flows[4], decision(False, eligible=False))
+    assert fake_flows[4].tags == set()
+
+
+def test_promote_by_hand_makes_a_rejected_run_its_branchs_champion(fake_flows):
+    fake_flows[1].tags.add("project_branch:prod")  # F/2, rejected, newer than prod's F/1
+    promote_by_hand(fake_flows[1], "F")
+    assert fake_flows[1].tags == {CHAMPION_TAG, BY_HAND_TAG, "project_branch:prod"}
+    assert current_champion("F", ["project_branch:prod"]).pathspec == "F/2"
+
+
+def test_promote_by_hand_refuses_an_older_run_and_a_failed_one(fake_flows):
+    with pytest.raises(ValueError, match="F/3 is a newer champion; revoke it first"):
+        promote_by_hand(fake_flows[1], "F")  # F/2 is older than F/3 (no branch tags)
+    with pytest.raises(ValueError, match="F/4 did not succeed"):
+        promote_by_hand(fake_flows[3], "F")
     assert fake_flows[1].tags == {REJECTED_TAG}
 
 
 GATED_FLOW = textwrap.dedent("""
-    from metaflow import FlowSpec, Parameter, current, step
+    from metaflow import FlowSpec, Parameter, Run, current, step
 
     from recmodel.serving import champion
+    from recmodel.serving.decision import Decision, decide, rule_text
 
 
     class GatedFlow(FlowSpec):
-        ndcg = Parameter("ndcg", type=float, default=0.3)
+        lo = Parameter("lo", type=float, default=0.0)  # lower end of the paired interval
+        eligible = Parameter("eligible", type=bool, default=True)
 
         @step
         def start(self):
-            self.report = {"protocol": {"split": "temporal"},
-                           "metrics": {"sasrec_two_stage": {"ndcg@10": self.ndcg}}}
             self.next(self.end)
 
         @step
         def end(self):
-            decision = champion.gate(self.report, current.flow_name, current.run_id)
+            test = {"diff": self.lo + 0.01, "lo": self.lo, "hi": self.lo + 0.02}
+            promote, reason = decide(test, "ndcg@10", 0.005)
+            decision = Decision(promote, reason, rule_text("ndcg@10", 0.005), "ndcg@10", 0.005,
+                                eligible=self.eligible)
+            champion.apply(Run(f"{current.flow_name}/{current.run_id}"), decision)
             self.champion_decision = decision.to_dict()
 
 
@@ -276,8 +164,9 @@ GATED_FLOW = textwrap.dedent("""
 
 @pytest.mark.slow
 @pytest.mark.flow
-def test_gate_tags_real_runs(tmp_path):
-    """Three retrains through metaflow.Runner: better, worse, then a rollback."""
+def test_tags_of_real_runs(tmp_path):
+    """Four retrains through metaflow.Runner: promoted, rejected, not eligible, promoted; then
+    a rollback and a promotion by hand."""
     from metaflow import Run, Runner
 
     flow = tmp_path / "gated_flow.py"
@@ -286,20 +175,27 @@ def test_gate_tags_real_runs(tmp_path):
         k: os.environ[k]
         for k in ("METAFLOW_USER", "METAFLOW_DATASTORE_SYSROOT_LOCAL", "METAFLOW_HOME")
     }
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's package, whatever is installed
     ids = []
-    for ndcg in (0.3, 0.2, 0.298):
-        with Runner(str(flow), show_output=False, env=env).run(ndcg=ndcg) as result:
+    for lo, eligible in ((0.0, True), (-0.02, True), (0.03, False), (-0.004, True)):
+        options = {"lo": lo, "eligible": eligible}
+        with Runner(str(flow), show_output=False, env=env).run(**options) as result:
             assert result.status == "successful", result.stderr
             ids.append(result.run.id)
     runs = [Run(f"GatedFlow/{i}") for i in ids]
     decisions = [run["end"].task["champion_decision"].data for run in runs]
-    assert [d["promote"] for d in decisions] == [True, False, True]
-    assert decisions[1]["champion_run"] == runs[0].pathspec
-    assert math.isclose(decisions[1]["delta"], -0.1)
-    assert decisions[2]["reason"] == "ndcg@10 within tolerance: -0.002"
-    assert [CHAMPION_TAG in r.user_tags for r in runs] == [True, False, True]
-    assert REJECTED_TAG in runs[1].user_tags
-    assert current_champion("GatedFlow").id == ids[2]
-    revoke(runs[2])
+    assert [d["promote"] for d in decisions] == [True, False, True, True]
+    assert [CHAMPION_TAG in r.user_tags for r in runs] == [True, False, False, True]
+    assert REJECTED_TAG in runs[1].user_tags and REJECTED_TAG not in runs[2].user_tags
+    assert current_champion("GatedFlow").id == ids[3]
+    revoke(runs[3])
     assert current_champion("GatedFlow").id == ids[0]
     assert champion.resolve_run("champion", "GatedFlow").id == ids[0]
+    promote_by_hand(Run(f"GatedFlow/{ids[1]}"), "GatedFlow")
+    assert current_champion("GatedFlow").id == ids[1]
+    assert BY_HAND_TAG in Run(f"GatedFlow/{ids[1]}").user_tags
+    # Tag changes must not reorder runs (a local metadata store rewrites a run's created_at).
+    revoke(Run(f"GatedFlow/{ids[1]}"))
+    promote_by_hand(Run(f"GatedFlow/{ids[0]}"), "GatedFlow")  # tags the older run again
+    promote_by_hand(Run(f"GatedFlow/{ids[1]}"), "GatedFlow")  # still the newer one
+    assert current_champion("GatedFlow").id == ids[1]

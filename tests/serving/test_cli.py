@@ -346,3 +346,58 @@ def test_cli_reads_a_real_run_in_a_fresh_process(fake_run, tmp_path, monkeypatch
         assert done.returncode == 0, done.stderr
         _, expected, _ = run_main(argv, fake_run, monkeypatch, pathspec=pathspec)
         assert done.stdout == expected
+
+
+@pytest.fixture
+def champion_runs(monkeypatch):
+    """F/1 champion, F/2 rejected, F/3 champion (current) in fake Metaflow; decisions stored."""
+    import metaflow
+
+    import recmodel.core.tables as tables
+    from tests.serving.test_champion import FakeFlow, FakeRun
+
+    runs = [FakeRun(1, {"champion"}), FakeRun(2, {"rejected"}), FakeRun(3, {"champion"})]
+    by_path = {run.pathspec: run for run in runs}
+    monkeypatch.setattr(FakeFlow, "runs_by_flow", {"F": runs})
+    monkeypatch.setattr(metaflow, "Flow", FakeFlow)
+    monkeypatch.setattr(metaflow, "Run", by_path.__getitem__)
+    reasons = {"F/1": "no champion yet: promoted", "F/2": "...: rejected", "F/3": "...: promoted"}
+    decision = lambda name, run, **kw: {"reason": reasons[run.pathspec]}  # noqa: E731
+    monkeypatch.setattr(tables, "load_artifact", decision)
+    return runs
+
+
+def champion_main(argv):
+    out, err = io.StringIO(), io.StringIO()
+    status = cli.main(["champion", "--flow", "F", *argv], out=out, err=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_champion_shows_the_current_champion_and_why(champion_runs):
+    assert champion_main([]) == (0, "F/3 is the champion: ...: promoted\n", "")
+
+
+def test_champion_revoke_then_promote_by_hand(champion_runs):
+    assert champion_main(["--revoke", "3"]) == (0, "F/3 revoked; champion now: F/1\n", "")
+    assert champion_main(["--promote", "2"]) == (0, "F/2 is the champion (promoted by hand)\n", "")
+    assert champion_runs[1].tags == {"champion", "promoted_by_hand"}
+    shown = "F/2 is the champion: promoted by hand (its gate: ...: rejected)\n"
+    assert champion_main([]) == (0, shown, "")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--revoke", "2"], "error: F/2 is not a champion\n"),
+        (["--promote", "1"], "error: F/3 is a newer champion; revoke it first"),
+    ],
+)
+def test_champion_by_hand_errors_are_one_line(champion_runs, argv, message):
+    status, out, err = champion_main(argv)
+    assert (status, out) == (1, "") and err.startswith(message)
+
+
+def test_champion_options_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["champion", "--promote", "1", "--revoke", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err

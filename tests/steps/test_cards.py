@@ -1,6 +1,6 @@
 import numpy as np
 
-from recmodel.steps.cards import data_card, q_card, ranker_card, results_card
+from recmodel.steps.cards import champion_card, data_card, q_card, ranker_card, results_card
 
 
 class FakeCard(list):
@@ -16,6 +16,7 @@ def test_cards_do_nothing_without_a_card():
     q_card(None, {}, np.ones(3))
     results_card(None, "x", {})
     ranker_card(None, {})
+    champion_card(None, {})
 
 
 def test_data_card_lists_every_window():
@@ -63,3 +64,70 @@ def test_ranker_card_orders_importances():
     ranker_card(card, {"auc": 0.8, "importance": {"a": 0.1, "b": 0.3}})
     table = [c for c in card if type(c).__name__ == "Table"][0]
     assert [row[0] for row in table._data] == ["b", "a"]
+
+
+COMPARED = {
+    "promote": False,
+    "reason": "ndcg@10 candidate - champion -0.0561, interval [-0.0768, -0.0368]; "
+    "lower end < -0.005: rejected",
+    "rule": "promote when ...",
+    "metric": "ndcg@10",
+    "margin": 0.005,
+    "candidate_run": "TwoStageFlow/2",
+    "champion_run": "TwoStageFlow/1",
+    "compared": True,
+    "eligible": True,
+    "delta": -0.0561,
+    "interval": [-0.0768, -0.0368],
+    "p_value": 0.004,
+    "candidate": {"recall@10": 0.25, "ndcg@10": 0.2281},
+    "champion": {"recall@10": 0.3, "ndcg@10": 0.2842},
+    "champion_own_week": 0.1744,
+    "reach": {
+        "n_users": 173,
+        "n_targets": 2659,
+        "unknown_tracks": 3,
+        "fallback_users": 1,
+        "unreachable_targets": 4,
+        "champion_source": "serving",
+    },
+}
+
+
+def test_champion_card_shows_the_verdict_the_runs_the_interval_and_both_models():
+    card = FakeCard()
+    champion_card(card, COMPARED)
+    text = _text(card)
+    assert "Champion gate: rejected" in text and COMPARED["reason"] in text
+    for fragment in (
+        "TwoStageFlow/2",
+        "TwoStageFlow/1",
+        "[-0.0768, -0.0368]",
+        "unreachable for the champion",
+        "its own test week**: 0.1744",
+        "173 test users",
+    ):
+        assert fragment in text, fragment
+    table = [c for c in card if type(c).__name__ == "Table"][0]
+    assert table._data == [
+        ["recall@10", "0.25", "0.3", "-0.0500"],
+        ["ndcg@10", "0.2281", "0.2842", "-0.0561"],
+    ]
+
+
+def test_champion_card_without_a_comparison_says_so():
+    card = FakeCard()
+    champion_card(
+        card,
+        {
+            **COMPARED,
+            "promote": False,
+            "eligible": False,
+            "compared": False,
+            "champion_run": None,
+            "reason": "not eligible: ...",
+        },
+    )
+    text = _text(card)
+    assert "Champion gate: not eligible" in text and "champion run**: `none`" in text
+    assert "compared**: no" in text and not any(type(c).__name__ == "Table" for c in card)
