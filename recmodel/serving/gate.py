@@ -9,7 +9,8 @@ scored here on the candidate's test users, from their histories, and ranked as s
   (:func:`recmodel.serving.served.load_served`).
 - **Its catalog.** Tracks are matched by original ``item_id``
   (:mod:`recmodel.serving.catalog`). A listener's window keeps the last
-  ``max_len`` tracks the champion knows (the others are dropped from its input); it ranks only
+  ``max_len`` tracks the champion knows, and its long-term profile the known plays before them
+  (the others are dropped from its input); it ranks only
   tracks that are in both catalogs: a track of the candidate's catalog that the champion does
   not know gets no score from it, and the targets on such tracks are unreachable for it.
 - **Listeners it cannot embed** (no known track in their history) get the most played tracks of
@@ -33,6 +34,7 @@ from recmodel.core.dataset import UserItems
 from recmodel.evaluation.testset import recommendations_table
 from recmodel.evaluation.topk import EMPTY, topk_chunked
 from recmodel.retriever.batches import PAD, last_items
+from recmodel.retriever.profile import Profiles
 from recmodel.serving.catalog import index_map, remap_histories
 from recmodel.serving.served import ModelUnavailable, ServedModel
 
@@ -64,32 +66,36 @@ class CandidateWeek:
 
 def served_top_k(
     model: ServedModel,
-    windows: np.ndarray,
+    histories: UserItems,
     allowed: np.ndarray,
     k: int,
-    exclude: UserItems | None = None,
+    filter_seen: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of the ``allowed`` tracks for each window, ranked by the serving recipe.
+    """Top-``k`` of the ``allowed`` tracks for each listener, ranked by the serving recipe.
 
     Args:
         model: the served retriever.
-        windows: int64 ``[U, T]`` its ``item_idx``, left-padded, each with at least one track
-            (a window track that is not allowed informs the query but is never returned).
+        histories: ``U`` non-empty rows of its ``item_idx`` in time order: the window is the
+            last ``max_len`` of them, the long-term profile the plays before (a track that is
+            not allowed informs the query but is never returned).
         allowed: int64 ``[S]`` its ``item_idx`` that may be recommended, sorted and unique.
         k: tracks per listener.
-        exclude: ``U`` rows of its ``item_idx`` never to return (the seen-track filter); as in
-            :meth:`Retriever.recommend`, no repeat bonus can then apply.
+        filter_seen: never return a track of the listener's history; as in
+            :meth:`Retriever.recommend`, no bonus can then apply.
 
     Returns:
         ``(ids int64 [U, k], scores float32 [U, k])``: its ``item_idx``, best first;
         :data:`EMPTY` where fewer than ``k`` tracks are eligible.
     """
+    windows = last_items(histories, np.arange(histories.n_users), model.max_len)  # [U, T]
+    exclude = histories if filter_seen else None
+    profiles = model.profiles(histories)  # [U, F]
     lookup = np.r_[PAD, allowed]  # position in the allowed catalog -> item_idx
     vectors = torch.from_numpy(model.item_vectors[lookup])  # [S + 1, D], row 0 padding
     position = np.zeros(model.n_items + 1, dtype=np.int64)
     position[allowed] = np.arange(1, len(allowed) + 1)
     is_allowed = torch.from_numpy(position > PAD)  # [N + 1]
-    rescore = model.repeat_aware and exclude is None
+    rescore = (model.repeat_aware or model.profile_size > 0) and exclude is None
     out_ids, out_scores = [], []
     with torch.no_grad():
         for start in range(0, len(windows), BATCH_USERS):
@@ -98,11 +104,12 @@ def served_top_k(
             queries = model.encoder(window).float()  # [b, D]
             # Excluded tracks as positions in the allowed catalog (others are never ranked).
             excluded = None if exclude is None else remap_histories(exclude.take(rows), position)
-            width = k + windows.shape[1] if rescore else k  # the bonus lifts window tracks only
+            # The bonuses lift window and profile tracks only.
+            width = k + windows.shape[1] + model.profile_size if rescore else k
             pos, scores = topk_chunked(queries, vectors, width, exclude=excluded)  # [b, width]
             ids = np.where(pos > PAD, lookup[np.maximum(pos, PAD)], EMPTY)
             if rescore:
-                ids, scores = _rescore(model, window, ids, k, is_allowed)
+                ids, scores = _rescore(model, window, ids, k, is_allowed, profiles, rows)
             out_ids.append(ids)
             out_scores.append(scores)
     empty = np.zeros((0, k))
@@ -113,11 +120,19 @@ def served_top_k(
 
 
 def _rescore(
-    model: ServedModel, window: torch.Tensor, ids: np.ndarray, k: int, is_allowed: torch.Tensor
+    model: ServedModel,
+    window: torch.Tensor,
+    ids: np.ndarray,
+    k: int,
+    is_allowed: torch.Tensor,
+    profiles: Profiles,
+    rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` of ``ids [b, C']`` plus the window's allowed tracks by ``score`` (the bonus)."""
-    cand = torch.cat([torch.from_numpy(ids).clamp(min=PAD), window], dim=1)  # [b, C]
-    logits = model.encoder.score(window, cand).float()  # [b, C]
+    """Top-``k`` of ``ids [b, C']`` plus the window's and the profile's allowed tracks by
+    ``score`` (with the bonuses)."""
+    own = [window, torch.from_numpy(profiles.items[rows])]  # [b, T], [b, F]
+    cand = torch.cat([torch.from_numpy(ids).clamp(min=PAD), *own], dim=1)  # [b, C]
+    logits = model.score(window, cand, profiles, rows).float()  # [b, C]
     ordered, order = torch.sort(cand, dim=1)
     duplicate = torch.zeros_like(cand, dtype=torch.bool)
     duplicate[:, 1:] = ordered[:, 1:] == ordered[:, :-1]  # keep one copy of each track
@@ -187,10 +202,8 @@ def _ranked_by_champion(
     """
     to_candidate = np.zeros(model.n_items + 1, dtype=np.int64)
     to_candidate[to_champion[shared]] = shared
-    windows = last_items(known, np.arange(known.n_users), model.max_len)  # [E, T]
-    exclude = known if filter_seen else None
     try:
-        top, scores = served_top_k(model, windows, np.sort(to_champion[shared]), k, exclude)
+        top, scores = served_top_k(model, known, np.sort(to_champion[shared]), k, filter_seen)
     except (RuntimeError, ValueError) as exc:  # a query encoder this torch cannot run, NaN vectors
         raise ModelUnavailable(f"it cannot rank this run's listeners: {exc}") from exc
     return np.where(top > PAD, to_candidate[np.maximum(top, PAD)], EMPTY), scores

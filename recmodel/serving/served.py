@@ -18,8 +18,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from recmodel.core.columns import Columns
+from recmodel.core.dataset import UserItems
+from recmodel.retriever.profile import Profiles, query_profiles
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +39,17 @@ class ServedModel:
 
     Attributes:
         encoder: ``forward(window int64 [B, T]) -> [B, D]`` query vectors and
-            ``score(window [B, T], candidates int64 [B, C]) -> [B, C]`` logits.
+            ``score(window [B, T], candidates int64 [B, C], profile_items [B, F],
+            profile_features [B, F, 3]) -> [B, C]`` logits (exports written before the
+            long-term profile: ``score(window, candidates)``).
         item_vectors: float32 ``[N + 1, D]``, row ``item_idx`` (row 0 padding).
         item_ids: ``item_idx`` (``1..N``), ``item_id`` of its catalog.
         max_len: window length.
         repeat_aware: ``score`` adds a repeat bonus to window tracks (rescore candidates).
         source: where it came from (``serving`` export or ``finetune_checkpoint``).
+        profile: the long-term profile's ``size`` and ``history``
+            (:mod:`recmodel.retriever.profile`); None for an export that predates it, whose
+            ``score`` takes no profile.
     """
 
     encoder: Any
@@ -50,10 +58,32 @@ class ServedModel:
     max_len: int
     repeat_aware: bool
     source: str
+    profile: dict[str, int] | None = None
 
     @property
     def n_items(self) -> int:
         return self.item_vectors.shape[0] - 1
+
+    @property
+    def profile_size(self) -> int:
+        return 0 if self.profile is None else int(self.profile["size"])
+
+    def profiles(self, histories: UserItems) -> Profiles:
+        """Long-term profiles of every row of ``histories`` (``[U, 0]`` without a profile)."""
+        history = 0 if self.profile is None else int(self.profile.get("history", 0))
+        users = np.arange(histories.n_users)
+        return query_profiles(histories, users, self.max_len, self.profile_size, max(history, 1))
+
+    def score(
+        self, window: torch.Tensor, candidates: torch.Tensor, profile: Profiles, rows: np.ndarray
+    ) -> torch.Tensor:
+        """Logits ``[b, C]`` of ``candidates`` for ``window`` with the ``rows`` of ``profile``."""
+        if self.profile is None:
+            return self.encoder.score(window, candidates)
+        items = torch.from_numpy(profile.items[rows])
+        return self.encoder.score(
+            window, candidates, items, torch.from_numpy(profile.features[rows])
+        )
 
 
 def load_served(artifact: Callable[[str], Any]) -> ServedModel:
@@ -94,7 +124,10 @@ def _from_export(artifact: Callable[[str], Any]) -> ServedModel:
     repeat = bool(
         manifest.get("repeat_aware", True)
     )  # absent: rescoring without a bonus changes nothing
-    return ServedModel(encoder, vectors, ids, int(manifest["max_len"]), repeat, "serving")
+    profile = manifest.get("profile")
+    if profile is not None:
+        profile = {"size": int(profile["size"]), "history": int(profile.get("history", 1))}
+    return ServedModel(encoder, vectors, ids, int(manifest["max_len"]), repeat, "serving", profile)
 
 
 def _from_checkpoint(artifact: Callable[[str], Any]) -> ServedModel:
@@ -115,4 +148,8 @@ def _from_checkpoint(artifact: Callable[[str], Any]) -> ServedModel:
         model.cfg.max_len,
         model.repeat is not None,
         "finetune_checkpoint",
+        {
+            "size": model.cfg.profile_size if model.long_term is not None else 0,
+            "history": model.cfg.profile_history,
+        },
     )

@@ -139,7 +139,14 @@ def test_a_champion_that_knows_no_track_cannot_be_scored():
 
 N_ITEMS, MAX_LEN = 25, 6
 CFG = ModelConfig(
-    d_model=16, n_blocks=1, n_heads=2, max_len=MAX_LEN, dropout=0.0, id_dim=8, meta_dim=4
+    d_model=16,
+    n_blocks=1,
+    n_heads=2,
+    max_len=MAX_LEN,
+    dropout=0.0,
+    id_dim=8,
+    meta_dim=4,
+    profile_size=4,
 )
 
 
@@ -147,9 +154,9 @@ CFG = ModelConfig(
 def retriever():
     torch.manual_seed(0)
     model = Retriever(item_features(N_ITEMS), CFG).eval()
-    generator = torch.Generator().manual_seed(1)  # a live repeat head (it starts at zero)
+    generator = torch.Generator().manual_seed(1)  # live bonuses (they start at zero)
     with torch.no_grad():
-        for param in model.repeat.parameters():
+        for param in [*model.repeat.parameters(), *model.long_term.parameters()]:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     return model
 
@@ -195,24 +202,22 @@ def exported(run_artifacts):
     return load_served(run_artifacts.__getitem__)
 
 
-def windows_of(rows: list[list[int]]) -> np.ndarray:
-    histories = user_items(rows)
-    return last_items(histories, np.arange(histories.n_users), MAX_LEN)
-
-
 def random_rows(seed: int, n_users: int = 12) -> list[list[int]]:
+    """Histories of 1 to 15 plays: the longer ones have a long-term profile (MAX_LEN is 6)."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(1, N_ITEMS + 1, rng.integers(1, 9)).tolist() for _ in range(n_users)]
+    return [rng.integers(1, N_ITEMS + 1, rng.integers(1, 16)).tolist() for _ in range(n_users)]
 
 
-def brute_force(model: ServedModel, windows, allowed, k, exclude=None):
+def brute_force(model: ServedModel, histories, allowed, k, exclude=None):
     """Every allowed track scored by ``score`` (or the dot product when filtering), sorted."""
+    windows = last_items(histories, np.arange(histories.n_users), MAX_LEN)
+    profiles = model.profiles(histories)
     ids = np.full((len(windows), k), EMPTY)
     for u, window in enumerate(torch.from_numpy(windows)):
         cand = [i for i in allowed if exclude is None or i not in set(exclude[u])]
         with torch.no_grad():
             if exclude is None:
-                logits = model.encoder.score(window[None], torch.tensor([cand]))[0]
+                logits = model.score(window[None], torch.tensor([cand]), profiles, [u])[0]
             else:
                 query = model.encoder(window[None])[0]
                 logits = torch.from_numpy(model.item_vectors[cand]) @ query
@@ -226,12 +231,12 @@ def test_served_top_k_equals_brute_force_on_a_catalog_subset(exported, filter_se
     rng = np.random.default_rng(3)
     allowed = np.sort(rng.choice(np.arange(1, N_ITEMS + 1), 15, replace=False))
     rows = [[i for i in row if i in set(allowed)] or [int(allowed[0])] for row in random_rows(4)]
-    windows = windows_of(rows)
-    exclude = user_items(rows) if filter_seen else None
-    ids, scores = served_top_k(exported, windows, allowed, 8, exclude)
+    histories = user_items(rows)
+    assert exported.profiles(histories).items.any()  # the profile is part of the check
+    ids, scores = served_top_k(exported, histories, allowed, 8, filter_seen)
     assert (
         ids.tolist()
-        == brute_force(exported, windows, allowed, 8, rows if filter_seen else None).tolist()
+        == brute_force(exported, histories, allowed, 8, rows if filter_seen else None).tolist()
     )
     assert np.isin(ids, allowed).all() and (np.diff(scores, axis=1) <= 0).all()
 
@@ -239,7 +244,7 @@ def test_served_top_k_equals_brute_force_on_a_catalog_subset(exported, filter_se
 def test_served_top_k_on_the_whole_catalog_equals_the_models_own_ranking(retriever, exported):
     """Same model, same catalog: the champion's list is the candidate's list (a gate tie)."""
     rows = random_rows(5)
-    ids, scores = served_top_k(exported, windows_of(rows), np.arange(1, N_ITEMS + 1), 10)
+    ids, scores = served_top_k(exported, user_items(rows), np.arange(1, N_ITEMS + 1), 10)
     expected, expected_scores = retriever.recommend(user_items(rows), np.arange(len(rows)), 10)
     assert ids.tolist() == expected.tolist()
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
@@ -247,13 +252,14 @@ def test_served_top_k_on_the_whole_catalog_equals_the_models_own_ranking(retriev
 
 def test_a_window_track_outside_the_allowed_catalog_is_never_returned(exported):
     allowed = np.arange(1, 11)
-    windows = windows_of([[20, 21, 20, 3]])  # 20 and 21 inform the query only
-    ids, _ = served_top_k(exported, windows, allowed, 10)
+    histories = user_items([[20, 21, 20, 3]])  # 20 and 21 inform the query only
+    ids, _ = served_top_k(exported, histories, allowed, 10)
     assert sorted(ids[0].tolist()) == allowed.tolist()
 
 
 def test_load_served_reads_the_export(exported, retriever):
     assert exported.source == "serving" and exported.max_len == MAX_LEN and exported.repeat_aware
+    assert exported.profile == {"size": 4, "history": CFG.profile_history}
     np.testing.assert_array_equal(exported.item_vectors, item_vectors(retriever))
     assert exported.item_ids.column("item_id").to_pylist() == list(range(7, 7 * N_ITEMS + 1, 7))
 
@@ -265,9 +271,9 @@ def test_without_its_export_the_checkpoint_serves_the_same_ranking(run_artifacts
     }
     rebuilt = load_served(missing.__getitem__)
     assert rebuilt.source == "finetune_checkpoint" and isinstance(rebuilt.encoder, QueryEncoder)
-    windows, allowed = windows_of(random_rows(6)), np.arange(1, N_ITEMS + 1)
-    ids, scores = served_top_k(rebuilt, windows, allowed, 10)
-    expected, expected_scores = served_top_k(exported, windows, allowed, 10)
+    histories, allowed = user_items(random_rows(6)), np.arange(1, N_ITEMS + 1)
+    ids, scores = served_top_k(rebuilt, histories, allowed, 10)
+    expected, expected_scores = served_top_k(exported, histories, allowed, 10)
     assert ids.tolist() == expected.tolist()
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
 
