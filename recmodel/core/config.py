@@ -279,6 +279,9 @@ class TrainConfig(Section):
     n_negatives: int = 256  # shared sampled negatives per batch
     negatives: str = "shared"  # "shared", "in_batch" or "both"
     logq: str = "all"  # "all", "none" or "negatives_only"
+    # Leave a window's other targets out of each position's negatives (docs/quality.md:
+    # validation NDCG@10 0.2063 against 0.2102 without, so off by default).
+    mask_window_targets: bool = False
     patience: int = 2  # epochs without validation NDCG@10 improvement before stopping
     eval_users: int = 2_000  # validation users scored each epoch (0 = all)
     device: str = "auto"  # "auto", "cpu" or "cuda"

@@ -13,13 +13,19 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from recmodel.core.config import ConfigError, PipelineConfig
 
+log = logging.getLogger(__name__)
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Settings renamed since runs were first stored: a past run's config (warm start, the champion
+# gate, ``python -m recmodel``) still reads, with a warning.
+RENAMED = {("eval", "gate_tolerance"): "gate_margin"}
 SCALARS = {"int": int, "float": float, "bool": bool, "str": str}
 TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
@@ -72,7 +78,10 @@ def build_section(cls: type, values: Any, section: str, where: str) -> Any:
         )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     checked = {}
-    for key, value in values.items():
+    for old, value in values.items():
+        key = RENAMED.get((section, old), old)
+        if key != old:  # a past run's config or an old preset: same meaning, new name
+            log.warning("%s: [%s] %s is now called %s", where, section, old, key)
         if key not in fields:
             raise _unknown(f"key in [{section}]", key, sorted(fields), where)
         checked[key] = check_value(value, str(fields[key].type), f"{section}.{key}", where)

@@ -33,6 +33,7 @@ def sampled_softmax_loss(
     *,
     logq: str = "all",
     weights: torch.Tensor | None = None,
+    masked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sampled softmax over ``[positive | shared negatives]`` with a logQ correction.
 
@@ -74,6 +75,8 @@ def sampled_softmax_loss(
         neg_log_q: ``[M]`` log Q of the negatives (ignored at padding columns).
         logq: ``"all"``, ``"none"`` or ``"negatives_only"``.
         weights: ``[P]`` per-position weights (0 for padding) or None for 1.
+        masked: bool ``[P, M]`` more negatives to leave out, as accidental hits are (the other
+            targets of the same window), or None.
 
     Returns:
         Scalar float32: ``sum_i w_i L_i / sum_i w_i`` over positions with ``pos_id != 0``;
@@ -83,6 +86,8 @@ def sampled_softmax_loss(
     pos_z, neg_z = pos_logits.float(), neg_logits.float()  # bf16-safe: softmax math in fp32
     valid_pos = pos_ids != 0  # [P]
     valid_neg = (neg_ids[None, :] != pos_ids[:, None]) & (neg_ids[None, :] != 0)  # [P, M]
+    if masked is not None:
+        valid_neg = valid_neg & ~masked
     # Padding carries log Q = -inf; zero it where it is ignored so that no inf reaches a NaN.
     pos_lq = torch.where(valid_pos, pos_log_q.float(), 0.0)  # [P]
     neg_lq = torch.where(neg_ids != 0, neg_log_q.float(), 0.0)  # [M]

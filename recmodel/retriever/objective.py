@@ -194,6 +194,23 @@ def long_term_bonus(
     return pos, neg
 
 
+def window_targets(batch: DeviceBatch, neg_ids: torch.Tensor) -> torch.Tensor:
+    """bool ``[P, M]``: negative ``m`` is a target at some position of position ``p``'s row.
+
+    In music a listener's other next tracks in the same window are likely ones it would play
+    here too: as negatives they push away what it likes (``TrainConfig.mask_window_targets``).
+    """
+    t = batch.inputs.shape[1]
+    row = torch.div(batch.positions, t, rounding_mode="floor")  # [P]
+    base = int(max(int(batch.targets.max()), int(neg_ids.max()))) + 1
+    keys, _ = torch.sort(row * base + batch.targets)  # [P] (row, target) pairs
+    n_rows = batch.inputs.shape[0]
+    query = torch.arange(n_rows, device=row.device)[:, None] * base + neg_ids[None, :]  # [B, M]
+    at = torch.searchsorted(keys, query.reshape(-1)).clamp(max=len(keys) - 1)
+    member = (keys[at] == query.reshape(-1)).reshape(n_rows, -1) & (neg_ids[None, :] > 0)
+    return member[row]  # [P, M]
+
+
 def next_item_loss(
     model: torch.nn.Module,
     batch: DeviceBatch,
@@ -201,6 +218,7 @@ def next_item_loss(
     generator: torch.Generator,
     logq: str,
     hidden: torch.Tensor | None = None,
+    mask_window_targets: bool = False,
 ) -> torch.Tensor:
     """This rank's share of the global-batch sampled-softmax loss (a scalar).
 
@@ -216,6 +234,8 @@ def next_item_loss(
         logq: the correction mode (:func:`recmodel.retriever.losses.sampled_softmax_loss`).
         hidden: ``[B, T, D]`` hidden states of ``batch.inputs`` when the caller already has
             them (finetuning scores its candidates from the same pass); None encodes here.
+        mask_window_targets: leave the row's other targets out of each position's negatives
+            (:func:`window_targets`).
     """
     device = batch.inputs.device
     if batch.n_global == 0:
@@ -248,5 +268,6 @@ def next_item_loss(
         pos_log_q,
         neg_log_q,
         logq=logq,
+        masked=window_targets(batch, neg_ids) if mask_window_targets else None,
     )
     return loss * (n_pos / batch.n_global)

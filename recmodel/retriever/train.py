@@ -125,6 +125,7 @@ def train_step(
     step: Step,
     logq: str,
     ctx: DistContext,
+    mask_window_targets: bool = False,
 ) -> torch.Tensor:
     """One optimizer step on this rank's share of ``step``.
 
@@ -134,7 +135,9 @@ def train_step(
     """
     batch = DeviceBatch.from_step(step, ctx.device)
     optimizer.zero_grad()
-    loss = next_item_loss(model, batch, candidates, generator, logq)
+    loss = next_item_loss(
+        model, batch, candidates, generator, logq, mask_window_targets=mask_window_targets
+    )
     loss.backward()
     all_reduce_gradients(model.dense_parameters(), model.sparse_parameters(), ctx)
     optimizer.step()
@@ -247,6 +250,7 @@ class _Run:
                 step,
                 self.cfg.logq,
                 self.ctx,
+                self.cfg.mask_window_targets,
             )
             describe = functools.partial(describe_step, step, self.batcher.windows.users)
             self.monitor.record(loss, epoch, step.index, step.n_global, describe)

@@ -1,6 +1,7 @@
 """Settings: presets and overrides are checked once, in start, with the key in every message."""
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -148,3 +149,10 @@ def test_limits_and_sizes():
 def test_only_the_smoke_test_preset_never_becomes_champion():
     presets = ("tiny", "default", "large")
     assert [load_preset(n).eval.champion_eligible for n in presets] == [False, True, True]
+
+
+def test_a_renamed_setting_of_a_past_run_still_reads(caplog):
+    with caplog.at_level(logging.WARNING, logger="recmodel.core.presets"):
+        cfg = from_dict({"eval": {"gate_tolerance": 0.02}})
+    assert cfg.eval.gate_margin == 0.02
+    assert "[eval] gate_tolerance is now called gate_margin" in caplog.text

@@ -8,7 +8,12 @@ from recmodel.core.config import ModelConfig, QConfig, TrainConfig
 from recmodel.retriever.fitting import EarlyStopping
 from recmodel.retriever.losses import sampled_softmax_loss
 from recmodel.retriever.model import Retriever
-from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
+from recmodel.retriever.objective import (
+    CandidateSampler,
+    DeviceBatch,
+    next_item_loss,
+    window_targets,
+)
 from tests.helpers.retriever_data import item_features, one_thread  # noqa: F401
 
 N_ITEMS = 40
@@ -97,3 +102,47 @@ def test_early_stopping_keeps_the_best_and_counts_stale_epochs():
     stopping.update(6, 0.4)
     assert stopping.stop and stopping.epoch == 4
     assert EarlyStopping(patience=1).update(0, float("nan"))  # no validation: keep the last
+
+
+def test_window_targets_match_a_plain_loop():
+    rng = np.random.default_rng(2)
+    inputs = torch.from_numpy(rng.integers(1, 12, size=(4, 7)))
+    inputs[1, :3] = 0  # left padding: no targets there
+    positions = torch.nonzero(inputs.reshape(-1) > 0).flatten()
+    targets = torch.from_numpy(rng.integers(1, 12, size=len(positions)))
+    batch = DeviceBatch(inputs, positions, targets, targets, len(targets))
+    neg_ids = torch.tensor([0, 1, 3, 5, 7, 11, 13])  # 0: a padding column; 13: no target
+    got = window_targets(batch, neg_ids)
+    rows = (positions // 7).tolist()
+    for p, row in enumerate(rows):
+        own = {int(targets[q]) for q in range(len(rows)) if rows[q] == row}
+        want = [int(j) in own and int(j) > 0 for j in neg_ids]
+        assert got[p].tolist() == want
+
+
+def test_masked_negatives_leave_the_softmax():
+    """A masked negative changes nothing, as if it had not been drawn."""
+    rng = np.random.default_rng(4)
+    pos, neg = torch.randn(5), torch.randn(5, 6)
+    pos_ids, neg_ids = torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7, 8, 9, 10, 11])
+    pos_lq, neg_lq = -torch.rand(5) * 3, -torch.rand(6) * 3
+    masked = torch.from_numpy(rng.random((5, 6)) < 0.4)
+    for logq in ("all", "none", "negatives_only"):
+        got = sampled_softmax_loss(
+            pos, neg, pos_ids, neg_ids, pos_lq, neg_lq, logq=logq, masked=masked
+        )
+        per_row = []
+        for p in range(5):
+            keep = ~masked[p]
+            per_row.append(
+                sampled_softmax_loss(
+                    pos[p : p + 1],
+                    neg[p : p + 1, keep],
+                    pos_ids[p : p + 1],
+                    neg_ids[keep],
+                    pos_lq[p : p + 1],
+                    neg_lq[keep],
+                    logq=logq,
+                )
+            )
+        torch.testing.assert_close(got, torch.stack(per_row).mean(), rtol=1e-5, atol=1e-6)
