@@ -149,3 +149,80 @@ def ranker_card(card: Any, quality: dict) -> None:
         card.append(
             Table([[k, _fmt(v)] for k, v in rows], headers=["feature", "permutation importance"])
         )
+
+
+def inputs_card(
+    card: Any, config: dict, inputs: dict, checks: dict, tags: list[str], warm_start: str | None
+) -> None:
+    """What the run is: its data, preset, tags and every setting it runs with."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown, Table
+
+    if inputs.get("kind") == "synthetic":
+        syn = config.get("synthetic", {})
+        data = (
+            f"built-in synthetic listening logs (seed {syn.get('seed')}, "
+            f"{_fmt(syn.get('n_users'))} users, {_fmt(syn.get('n_tracks'))} tracks, "
+            f"{_fmt(syn.get('days'))} days)"
+        )
+    else:
+        data = f"`{inputs.get('kind')}` events `{inputs.get('events')}`"
+        data += f", items `{inputs['items']}`" if inputs.get("items") else ", no item table"
+    lines = [
+        f"- **data**: {data}",
+        f"- **preset**: `{config.get('name')}`",
+        f"- **tags**: {', '.join(f'`{t}`' for t in tags)}",
+        f"- **warm start**: {warm_start or 'none (trained from scratch)'}",
+    ]
+    if inputs.get("ranker_scores"):
+        lines.append(f"- **ranker scores**: `{inputs['ranker_scores']}` (a production ranker)")
+    warnings = checks.get("warnings", [])
+    lines.append(f"- **input warnings**: {len(warnings)}")
+    card.append(Markdown("# Configuration and inputs\n\n" + "\n".join(lines)))
+    if warnings:
+        card.append(Table([[w] for w in warnings], headers=["warning"]))
+    card.append(Markdown("## Settings\n\nThe effective configuration (preset and overrides)."))
+    rows = [
+        [section, key, _setting(value)]
+        for section, values in config.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    ]
+    card.append(Table(rows, headers=["section", "setting", "value"]))
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(_setting(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _fmt(value) if value != "" else '""'
+
+
+def champion_card(card: Any, decision: Any, serving: dict, files: dict) -> None:
+    """The champion decision as it was made, the serving export and where the report is."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown, Table
+
+    card.append(Markdown("# Champion decision and serving export"))
+    card.append(Markdown("## Champion decision"))
+    if isinstance(decision, dict):
+        card.append(Table([[k, _fmt(v)] for k, v in decision.items()], headers=["", "value"]))
+    else:
+        card.append(Markdown(f"`{decision}`"))
+    shape = ", ".join(
+        f"{k} {_fmt(serving[k])}" for k in ("n_items", "dim", "max_len") if k in serving
+    )
+    card.append(
+        Markdown(
+            f"## Serving export\n\nDirectory: `{serving.get('directory')}`\n\n{shape}; "
+            f"written with torch {serving.get('torch_version', '?')}. How a request is served: "
+            f"{serving.get('recipe', '')}"
+        )
+    )
+    sha = serving.get("sha256", {})
+    rows = [[name, uri, sha.get(name, "")[:16]] for name, uri in serving.get("files", {}).items()]
+    card.append(Table(rows, headers=["file", "where", "sha256 (first 16)"]))
+    card.append(Markdown(f"## Report\n\n`{files.get('markdown')}`"))

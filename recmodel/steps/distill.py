@@ -108,7 +108,7 @@ def finetune(
         device=device,
         progress=live.update,
     )
-    live.finish(result.history)
+    live.finish(result.history, result.best_epoch)
     entry = trained_result(data, TWO_STAGE, result, tables)
     distillation = distillation_metrics(
         {"pretrain": pretrained, "finetune": result.model},

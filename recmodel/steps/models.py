@@ -111,7 +111,7 @@ def pretrain(
         state_store=_state_store(tables, model),
         processes=cfg.train.processes,
     )
-    live.finish(result.history)
+    live.finish(result.history, result.best_epoch)
     entry = trained_result(
         data,
         model.name,
