@@ -2,10 +2,10 @@
 
 Run ``python flows/two_stage.py run`` (built-in synthetic data, ``default`` preset) or
 ``python flows/two_stage.py run --preset tiny --events PATH [--items PATH] [--source KIND]``.
-Every step is one call into :mod:`recmodel.steps.data`; see README.md for the protocol.
+Every step is one call into :mod:`recmodel.steps`; see README.md for the protocol. Each step
+stores a ``summary`` artifact (a small JSON text for the Metaflow UI) and a card with an id.
 """
 
-import logging
 import os
 import sys
 
@@ -26,7 +26,9 @@ from metaflow import (  # noqa: E402
     timeout,
 )
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+from recmodel.core.logs import setup_logging  # noqa: E402 (after the path above)
+
+setup_logging()  # progress and results on the tasks' stdout, errors on their stderr
 
 
 @project(name="music_retriever")
