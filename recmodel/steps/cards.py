@@ -100,7 +100,7 @@ def results_card(card: Any, title: str, results: dict) -> None:
 
     card.append(
         Markdown(
-            f"# {title}\n\nTest metrics as computed in this step; the report "
+            f"# {title}\n\nTest metrics as the step of each model computed them; the report "
             "recomputes every number from the recommendations table."
         )
     )

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from recmodel.core.columns import Columns
+from recmodel.core.files import load_checkpoint, load_object
 from recmodel.core.sql import SqlRunner
-from recmodel.core.tables import TableRef, read_table
+from recmodel.core.tables import AnyRef, read_table
 from recmodel.distill.finetune import finetune_retriever
 from recmodel.distill.metrics import distillation_metrics
 from recmodel.ranker.model import build_ranker_scores
@@ -31,6 +32,7 @@ TWO_STAGE = "sasrec_two_stage"  # the finetuned retriever in the report
 
 
 def _retriever(checkpoint: dict, data: StepData, device: torch.device):
+    checkpoint = load_checkpoint(checkpoint)  # a reference, or the bytes of a past run
     model = load_retriever(
         checkpoint["safetensors"], checkpoint["model_config"], data.dataset.items
     )
@@ -39,15 +41,16 @@ def _retriever(checkpoint: dict, data: StepData, device: torch.device):
 
 def materialize_ranker_scores(
     config: dict, inputs: dict, refs: dict, checkpoint: dict, tables: Any
-) -> tuple[TableRef, dict, Any, list[dict]]:
+) -> tuple[dict, dict, dict | None, list[dict]]:
     """Score the pretrained retriever's candidates with the cross-fitted ranker.
 
     With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
 
     Returns:
-        ``(ranker_scores, ranker_quality, ranker, sql_queries)``; ``ranker`` is the built-in
-        model (None for imported scores), kept for the end-to-end distillation metrics, and
-        ``sql_queries`` the records of the SQL this step ran.
+        ``(ranker_scores, ranker_quality, ranker, sql_queries)``; ``ranker`` is the reference
+        of the built-in model pickled beside the run's tables (None for imported scores), kept
+        for the end-to-end distillation metrics, and ``sql_queries`` the records of the SQL
+        this step ran.
     """
     data = load_step_data(config, refs)
     runner = SqlRunner(connect_for(data.cfg))
@@ -70,15 +73,16 @@ def materialize_ranker_scores(
             "seconds": round(time.perf_counter() - started, 2),
         }
     ref = tables.write(with_original_ids(scores, users, items), "ranker_scores")
-    return ref, quality, ranker, runner.records
+    stored = None if ranker is None else tables.write_object(ranker, "ranker")
+    return ref, quality, stored, runner.records
 
 
 def finetune(
     config: dict,
     refs: dict,
-    q_ref: TableRef,
+    q_ref: AnyRef,
     checkpoint: dict,
-    scores_ref: TableRef,
+    scores_ref: AnyRef,
     ranker: Any,
     tables: Any,
     card: Any = None,
@@ -95,6 +99,7 @@ def finetune(
     device = resolve_device(cfg.train.device)
     pretrained = _retriever(checkpoint, data, device)
     scores = read_table(scores_ref)
+    ranker = load_object(ranker)  # its reference, or the object of a past run
     live = TrainingCard(card, f"{TWO_STAGE} (pairwise logit loss)")
     result = finetune_retriever(
         pretrained,
@@ -118,4 +123,4 @@ def finetune(
         n_candidates=cfg.ranker.n_candidates,
         device=device,
     )
-    return checkpoint_of(result), {TWO_STAGE: entry}, distillation
+    return checkpoint_of(result, tables, "finetune_checkpoint"), {TWO_STAGE: entry}, distillation

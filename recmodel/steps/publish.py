@@ -7,6 +7,8 @@ import logging
 import tempfile
 from typing import Any
 
+from recmodel.core.files import load_checkpoint
+from recmodel.core.plain import plain
 from recmodel.core.tables import read_table
 from recmodel.serving import champion, export
 from recmodel.serving.bundle import MANIFEST
@@ -26,19 +28,23 @@ def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
     which holds every file's sha256, last.
 
     Returns:
-        The manifest with the URIs of the published files.
+        The manifest (plain built-in types) with the export's ``directory`` and the URIs of
+        the published ``files``.
     """
     items = read_table(refs["items"])  # codes and acoustic vectors rebuild the item tower
+    checkpoint = load_checkpoint(checkpoint)  # a reference, or the bytes of a past run
     target = f"{tables.root}/serving"
     if "://" not in target:
         manifest = export.export_checkpoint(checkpoint, items, target)
-        return {**manifest, "files": manifest.pop("paths")}
-    with tempfile.TemporaryDirectory(prefix="recmodel-serving-") as tmp:
-        manifest = export.export_checkpoint(checkpoint, items, f"{tmp}/serving")
-        paths = manifest.pop("paths")
-        ordered = dict(sorted(paths.items(), key=lambda kv: kv[0] == MANIFEST))  # seal last
-        uris = publish_files(ordered, target)
-    return {**manifest, "files": uris}
+        files = manifest.pop("paths")
+    else:
+        with tempfile.TemporaryDirectory(prefix="recmodel-serving-") as tmp:
+            manifest = export.export_checkpoint(checkpoint, items, f"{tmp}/serving")
+            paths = manifest.pop("paths")
+            ordered = dict(sorted(paths.items(), key=lambda kv: kv[0] == MANIFEST))  # seal last
+            files = publish_files(ordered, target)
+        log.info("serving export uploaded to %s", target)
+    return plain({**manifest, "directory": target, "files": files})
 
 
 def gate_champion(config: dict, flow_name: str, run_id: str) -> dict:
