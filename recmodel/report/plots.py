@@ -54,12 +54,13 @@ def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> byt
     """
     panels = curve_panels(histories)
     fig, axes = _figure(len(panels))
+    epochs = _epochs([row for rows in histories.values() for row in rows])
     for ax, (title, ylabel, keys) in zip(axes, panels, strict=True):
         for name, key in keys.items():
-            epochs, values = _series(histories[name], key)
+            x, values = _series(histories[name], key)
             if len(values):
-                ax.plot(epochs, values, marker="o", markersize=3, label=name)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.plot(x, values, marker="o", markersize=3, label=name)
+        _epoch_axis(ax, epochs)
         _style(ax, title, "epoch", ylabel)
     return _png(fig)
 
@@ -112,6 +113,7 @@ def epoch_panels(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
     panels = epoch_panel_keys(rows)
     fig, axes = _figure(len(panels), size=EPOCH_PANEL_SIZE)
     fig.suptitle(title, fontsize=12)
+    every_epoch = _epochs(rows)
     for ax, (key, label) in zip(axes, panels, strict=True):
         epochs, values = _series(rows, key)
         ax.plot(epochs, values, marker="o", markersize=4, color=OTHER_COLOR)
@@ -124,7 +126,7 @@ def epoch_panels(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
                 fontsize=9,
             )
         ax.set_ylim(bottom=0, top=max(values.max(initial=0.0) * 1.15, 1e-3))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, every_epoch)
         ylabel = "NDCG@10" if key == "ndcg@10" else "loss"
         _style(ax, label, "epoch", ylabel, legend=False)
     return _png(fig)
@@ -219,6 +221,18 @@ def _figure(n_panels: int, size: tuple[float, float] = PANEL_SIZE) -> tuple[Figu
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, list(axes)
+
+
+def _epochs(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """float ``[R]``: each row's epoch (its 1-based position where it has none)."""
+    return np.array([float(row.get("epoch", i)) for i, row in enumerate(rows, start=1)])
+
+
+def _epoch_axis(ax, epochs: np.ndarray) -> None:
+    """Integer epoch ticks over every epoch of the figure, however few a panel's series has."""
+    if len(epochs):
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,8 @@ from recmodel.ingest.summary import window_table
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, int):
@@ -184,12 +186,11 @@ def inputs_card(
         card.append(Table([[w] for w in warnings], headers=["warning"]))
     card.append(Markdown("## Settings\n\nThe effective configuration (preset and overrides)."))
     rows = [
-        [section, key, _setting(value)]
+        [section, " · ".join(f"{key} {_setting(value)}" for key, value in values.items())]
         for section, values in config.items()
         if isinstance(values, dict)
-        for key, value in values.items()
     ]
-    card.append(Table(rows, headers=["section", "setting", "value"]))
+    card.append(Table(rows, headers=["section", "settings"]))
 
 
 def _setting(value: Any) -> str:
@@ -209,7 +210,8 @@ def champion_card(card: Any, decision: Any, serving: dict, files: dict) -> None:
     card.append(Markdown("# Champion decision and serving export"))
     card.append(Markdown("## Champion decision"))
     if isinstance(decision, dict):
-        card.append(Table([[k, _fmt(v)] for k, v in decision.items()], headers=["", "value"]))
+        rows = [[k, "—" if v is None else _fmt(v)] for k, v in decision.items()]
+        card.append(Table(rows, headers=["field", "value"]))
     else:
         card.append(Markdown(f"`{decision}`"))
     shape = ", ".join(

@@ -114,7 +114,7 @@ def test_inputs_card_lists_data_tags_and_every_setting():
     text = _text(card)
     assert "Configuration and inputs" in text and "preset:tiny" in text and "w1" in text
     settings = [c for c in card if type(c).__name__ == "Table"][-1]._data
-    assert ["eval", "ks", "10, 100"] in settings and ["synthetic", "seed", "7"] in settings
+    assert settings == [["synthetic", "seed 7 · n_users 300"], ["eval", "ks 10, 100"]]
 
 
 def test_champion_card_shows_the_decision_as_it_is_and_the_export():
@@ -130,4 +130,6 @@ def test_champion_card_shows_the_decision_as_it_is_and_the_export():
     champion_card(card, decision, serving, {"markdown": "/runs/1/report.md"})
     text = _text(card)
     assert all(w in text for w in ("reason", "worse", "anything", "/runs/1/serving", "report.md"))
+    decision_rows = [c for c in card if type(c).__name__ == "Table"][0]._data
+    assert decision_rows[0] == ["promote", "no"]
     champion_card(None, decision, serving, {})
