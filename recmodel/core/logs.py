@@ -2,8 +2,10 @@
 
 Metaflow keeps a task's stdout and stderr apart (the UI shows them as two logs), and Python's
 ``logging`` writes everything to stderr by default, which leaves a task's stdout empty and its
-stderr full of progress. :func:`setup_logging` sends records below ``ERROR`` to stdout and
-errors to stderr.
+stderr full of progress. :func:`setup_logging` sends this package's records below ``ERROR`` to
+stdout and its errors to stderr. Other libraries keep logging to stderr: commands that print
+machine-readable output on stdout (``argo-workflows create --only-json``, ``card list
+--as-json``) stay clean.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import sys
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+PACKAGE = "recmodel"
 
 
 class _Below(logging.Filter):
@@ -26,14 +29,22 @@ class _Below(logging.Filter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger once: ``level`` up to WARNING on stdout, ERROR up on stderr.
+    """This package's records up to WARNING on stdout, ERROR and above on stderr.
 
-    Replaces handlers an earlier call installed (a second call changes nothing else).
+    The root logger (every other library) logs ``level`` and above to stderr. A second call
+    replaces the handlers of the first.
     """
+    formatter = logging.Formatter(FORMAT)
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(_Below(logging.ERROR))
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.ERROR)
+    logger = logging.getLogger(PACKAGE)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
     for handler in (out, err):
-        handler.setFormatter(logging.Formatter(FORMAT))
-    logging.basicConfig(level=level, handlers=[out, err], force=True)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # not again on stderr through the root logger
+    logging.basicConfig(level=level, format=FORMAT)
