@@ -72,7 +72,8 @@ def _data_source(config: dict, inputs: dict) -> dict[str, Any]:
 def extract_summary(summary: dict, tables: dict) -> str:
     """Counts after extraction, each window with its bounds and counts, and what was dropped."""
     windows = {
-        row["window"]: [row["start"], row["end"], row["events"], row["users"], row["tracks"]]
+        row["window"]: f"{_day(row['start'])} to {_day(row['end'])}: {row['events']:,} listen+ "
+        f"events, {row['users']:,} users, {row['tracks']:,} tracks"
         for row in window_table(summary)
     }
     return to_summary(
@@ -80,12 +81,17 @@ def extract_summary(summary: dict, tables: dict) -> str:
             "source": summary.get("source"),
             **{k: summary.get(f"n_{k}") for k in ("events", "users", "items", "test_users")},
             "windows_cut": summary.get("split_rule"),
-            "windows": {"columns": ["from", "to", "listen+ events", "users", "tracks"], **windows},
+            "windows": windows,
             "dropped": {k: v for k, v in summary.get("dropped", {}).items() if v},
             "table_rows": {name: TableRef.of(ref).rows for name, ref in tables.items()},
             "seconds": summary.get("seconds"),
         }
     )
+
+
+def _day(iso: str | None) -> str:
+    """``2024-01-30T03:18:00+00:00`` -> ``2024-01-30 03:18`` (UTC, as extraction writes it)."""
+    return "?" if not iso else iso[:16].replace("T", " ")
 
 
 def q_summary(summary: dict) -> str:
@@ -147,23 +153,28 @@ def ranker_summary(quality: dict, scores: dict) -> str:
 
 
 def report_summary(report: dict, files: dict) -> str:
-    """The headline: each model's NDCG@10 and Recall@100 with 95% intervals, the winners."""
+    """The headline: each model's NDCG@10 and Recall@100 with 95% intervals, the winners.
+
+    A metric reads ``"0.1744 [0.1387, 0.2065]"``: the mean over test users and its interval,
+    one line per metric where the UI pretty-prints the JSON.
+    """
     protocol = report.get("protocol", {})
     metrics, intervals = report.get("metrics", {}), report.get("intervals", {})
-    models = {}
-    for model, values in metrics.items():
-        models[model] = {
-            k: [values[k], *intervals.get(model, {}).get(k, [None, None])]
+    models = {
+        model: {
+            k: _with_interval(values[k], intervals.get(model, {}).get(k))
             for k in HEADLINE
             if k in values
         }
+        for model, values in metrics.items()
+    }
     comparisons = report.get("comparisons", {})
     return to_summary(
         {
             "test_users": protocol.get("n_test_users"),
             "catalog": protocol.get("catalog_size"),
             "filter_seen": protocol.get("filter_seen"),
-            "columns": ["mean", "95% low", "95% high"],
+            "metrics": "mean [95% bootstrap interval] over the test users",
             "models": models,
             "best": {k: report.get("winners", {}).get(k) for k in HEADLINE},
             "reference": report.get("reference_model"),
@@ -172,6 +183,12 @@ def report_summary(report: dict, files: dict) -> str:
             "report_md": files.get("markdown"),
         }
     )
+
+
+def _with_interval(mean: float, interval: list | None) -> str:
+    if interval is None:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 def _verdicts(comparisons: dict, metric: str) -> dict[str, list[str]]:
@@ -211,7 +228,7 @@ def headline_text(summary: str) -> str:
         f"{'model':<{width}}  {'NDCG@10':<26}  Recall@100",
     ]
     for model, values in data["models"].items():
-        cells = [_cell(values.get(k)) for k in HEADLINE]
+        cells = [values.get(k, "-") for k in HEADLINE]
         lines.append(f"{model:<{width}}  {cells[0]:<26}  {cells[1]}")
     best = data.get("best", {})
     lines.append(
@@ -222,10 +239,3 @@ def headline_text(summary: str) -> str:
         lines.append(f"failed: {', '.join(data['failed'])}")
     lines.append(f"report: {data.get('report_md')}")
     return "\n".join(lines)
-
-
-def _cell(value: list | None) -> str:
-    if not value:
-        return "-"
-    mean, low, high = value
-    return f"{mean:.4f}" if low is None else f"{mean:.4f} [{low:.4f}, {high:.4f}]"

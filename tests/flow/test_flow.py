@@ -287,7 +287,8 @@ def test_every_step_has_a_small_json_summary(artifacts_without_the_code):
         assert isinstance(json.loads(summary["text"]), dict), step  # strict JSON: no NaN
     headline = json.loads(found["report/summary"]["text"])
     assert set(headline["models"]) == set(MODELS)
-    low, mean, high = (headline["models"]["sasrec_two_stage"]["ndcg@10"][i] for i in (1, 0, 2))
+    cell = headline["models"]["sasrec_two_stage"]["ndcg@10"]  # "mean [low, high]"
+    mean, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
     assert low <= mean <= high
     assert json.loads(found["finetune/summary"]["text"])["epochs_trained"] == 1
 

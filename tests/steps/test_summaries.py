@@ -81,7 +81,7 @@ def test_extract_summary_has_the_windows_and_counts(tmp_path):
     }
     out = _read(extract_summary(summary, {"events": ref}))
     assert out["events"] == 10 and out["table_rows"] == {"events": 3}
-    assert out["windows"]["test"] == ["2024-02-01T00:00:00+00:00", None, 5, 2, 3]
+    assert out["windows"]["test"] == "2024-02-01 00:00 to ?: 5 listen+ events, 2 users, 3 tracks"
     assert out["dropped"] == {"skips": 3}
 
 
@@ -146,8 +146,10 @@ def _report(models=NINE_MODELS) -> dict:
 def test_report_summary_is_the_headline_of_nine_models_under_the_limit():
     out = _read(report_summary(_report(), {"markdown": "/runs/1/report.md"}))
     assert list(out["models"]) == list(NINE_MODELS)
-    mean, low, high = out["models"]["als"]["ndcg@10"]
-    assert (low, mean, high) == (0.1277, 0.14, 0.1523)  # four significant digits
+    assert out["models"]["als"] == {
+        "ndcg@10": "0.1400 [0.1277, 0.1523]",
+        "recall@100": "0.3400 [0.3277, 0.3523]",
+    }
     assert out["best"] == {"ndcg@10": "two_stage_ranked", "recall@100": "two_stage_ranked"}
     verdicts = out["reference_significantly"]
     assert (
