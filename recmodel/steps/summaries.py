@@ -19,7 +19,7 @@ from recmodel.ingest.summary import window_table
 log = logging.getLogger(__name__)
 
 HEADLINE = ("ndcg@10", "recall@100")  # the metrics a reader compares first
-STEP_METRICS = "test metrics as this step computed them; the report recomputes every number"
+STEP_METRICS = "test metrics as the step of each model computed them; the report recomputes them"
 TOP_FEATURES = 5  # ranker features named in its summary
 
 
