@@ -2,10 +2,10 @@
 
 Run ``python flows/two_stage.py run`` (built-in synthetic data, ``default`` preset) or
 ``python flows/two_stage.py run --preset tiny --events PATH [--items PATH] [--source KIND]``.
-Every step is one call into :mod:`recmodel.steps.data`; see README.md for the protocol.
+Every step is one call into :mod:`recmodel.steps`; see README.md for the protocol. Each step
+stores a ``summary`` artifact (a small JSON text for the Metaflow UI) and a card with an id.
 """
 
-import logging
 import os
 import sys
 
@@ -26,7 +26,9 @@ from metaflow import (  # noqa: E402
     timeout,
 )
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+from recmodel.core.logs import setup_logging  # noqa: E402 (after the path above)
+
+setup_logging()  # progress and results on the tasks' stdout, errors on their stderr
 
 
 @project(name="music_retriever")
@@ -93,11 +95,13 @@ class TwoStageFlow(FlowSpec):
         "id (known tracks keep their vectors); empty = from scratch.",
     )
 
-    @card(type="blank")
+    @card(type="blank", id="inputs")
     @step
     def start(self):
         """Resolve the configuration and validate the input before anything expensive."""
-        from recmodel.steps.data import resolve_warm_start, start
+        from recmodel.steps.cards import inputs_card
+        from recmodel.steps.data import resolve_warm_start, run_tags, start, tag_run
+        from recmodel.steps.summaries import start_summary
 
         resolved = start(
             self.preset,
@@ -109,9 +113,13 @@ class TwoStageFlow(FlowSpec):
         )
         self.config, self.inputs, self.input_checks = resolved
         self.warm_start_run = resolve_warm_start(self.warm_start, current.flow_name)
+        tags = tag_run(current.flow_name, current.run_id, run_tags(self.config, self.inputs))
+        described = (self.config, self.inputs, self.input_checks)
+        self.summary = start_summary(*described, self.warm_start_run, tags)
+        inputs_card(current.card["inputs"], *described, tags, self.warm_start_run)
         self.next(self.extract_sessions)
 
-    @card(type="blank")
+    @card(type="blank", id="data")
     @retry(times=2)
     @timeout(hours=4)
     @resources(memory=8_000, cpu=2)
@@ -119,26 +127,32 @@ class TwoStageFlow(FlowSpec):
     def extract_sessions(self):
         """DuckDB SQL: clean, sessionize, filter, split and index the listening events."""
         from recmodel.steps.cards import data_card
-        from recmodel.steps.common import RunTables
+        from recmodel.steps.common import RunTables, record_queries
         from recmodel.steps.data import extract_sessions
+        from recmodel.steps.summaries import extract_summary
 
-        out = extract_sessions(self.config, self.inputs, RunTables(self))
-        self.tables, self.sql_queries, self.data_summary = out
+        tables = RunTables(self)
+        self.tables, queries, self.data_summary = extract_sessions(self.config, self.inputs, tables)
+        self.sql_queries = record_queries(None, queries, tables)
         self.test_targets = self.tables["test_targets"]
-        data_card(current.card, self.data_summary)
+        self.summary = extract_summary(self.data_summary, self.tables)
+        data_card(current.card["data"], self.data_summary)
         self.next(self.estimate_q)
 
-    @card(type="blank")
+    @card(type="blank", id="q")
     @step
     def estimate_q(self):
         """The Q table: smoothed item frequencies that negatives are drawn from."""
-        from recmodel.steps.common import RunTables
+        from recmodel.steps.common import RunTables, record_queries
         from recmodel.steps.data import estimate_q
+        from recmodel.steps.summaries import q_summary
 
+        tables = RunTables(self)
         self.item_frequency, self.q_summary, q_queries = estimate_q(
-            self.config, self.tables, RunTables(self), current.card
+            self.config, self.tables, tables, current.card["q"]
         )
-        self.sql_queries = self.sql_queries + q_queries
+        self.sql_queries = record_queries(self.sql_queries, q_queries, tables)
+        self.summary = q_summary(self.q_summary)
         self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -150,6 +164,7 @@ class TwoStageFlow(FlowSpec):
         """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
         from recmodel.steps.common import RunTables
         from recmodel.steps.models import SASREC, pretrain
+        from recmodel.steps.summaries import training_summary
 
         self.pretrain_checkpoint, self.pretrain_results = pretrain(
             self.config,
@@ -160,6 +175,7 @@ class TwoStageFlow(FlowSpec):
             self.warm_start_run,
             model=SASREC,
         )
+        self.summary = training_summary(self.pretrain_results)
         self.next(self.materialize_ranker_scores)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -171,6 +187,7 @@ class TwoStageFlow(FlowSpec):
         """The single-stage baseline: the same model and budget without logQ correction."""
         from recmodel.steps.common import RunTables
         from recmodel.steps.models import NO_LOGQ, pretrain
+        from recmodel.steps.summaries import training_summary
 
         self.no_logq_checkpoint, self.no_logq_results = pretrain(
             self.config,
@@ -181,9 +198,10 @@ class TwoStageFlow(FlowSpec):
             self.warm_start_run,
             model=NO_LOGQ,
         )
+        self.summary = training_summary(self.no_logq_results)
         self.next(self.join)
 
-    @card(type="blank")
+    @card(type="blank", id="baselines")
     @timeout(hours=6)
     @resources(memory=8_000, cpu=2)
     @step
@@ -192,25 +210,30 @@ class TwoStageFlow(FlowSpec):
         from recmodel.steps.cards import results_card
         from recmodel.steps.common import RunTables
         from recmodel.steps.models import baselines
+        from recmodel.steps.summaries import STEP_METRICS, models_summary
 
         self.baseline_results = baselines(self.config, self.tables, RunTables(self))
-        results_card(current.card, "Baselines", self.baseline_results)
+        self.summary = models_summary(self.baseline_results, STEP_METRICS)
+        results_card(current.card["baselines"], "Baselines", self.baseline_results)
         self.next(self.join)
 
-    @card(type="blank")
+    @card(type="blank", id="ranker")
     @resources(gpu=1, memory=16_000, cpu=4)
     @step
     def materialize_ranker_scores(self):
         """Score the retriever's candidates with the ranker (or import a production table)."""
         from recmodel.steps.cards import ranker_card
-        from recmodel.steps.common import RunTables
+        from recmodel.steps.common import RunTables, record_queries
         from recmodel.steps.distill import materialize_ranker_scores
+        from recmodel.steps.summaries import ranker_summary
 
+        tables = RunTables(self)
         self.ranker_scores, self.ranker_quality, self.ranker, queries = materialize_ranker_scores(
-            self.config, self.inputs, self.tables, self.pretrain_checkpoint, RunTables(self)
+            self.config, self.inputs, self.tables, self.pretrain_checkpoint, tables
         )
-        self.sql_queries = self.sql_queries + queries
-        ranker_card(current.card, self.ranker_quality)
+        self.sql_queries = record_queries(self.sql_queries, queries, tables)
+        self.summary = ranker_summary(self.ranker_quality, self.ranker_scores)
+        ranker_card(current.card["ranker"], self.ranker_quality)
         self.next(self.finetune)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -222,6 +245,7 @@ class TwoStageFlow(FlowSpec):
         """Distil the ranker into the retriever with the pairwise logit loss."""
         from recmodel.steps.common import RunTables
         from recmodel.steps.distill import finetune
+        from recmodel.steps.summaries import training_summary
 
         self.finetune_checkpoint, self.finetune_results, self.distillation = finetune(
             self.config,
@@ -233,13 +257,17 @@ class TwoStageFlow(FlowSpec):
             RunTables(self),
             current.card["training"],
         )
+        self.summary = training_summary(self.finetune_results, {"distillation": self.distillation})
         self.next(self.join)
 
+    @card(type="blank", id="results")
     @step
     def join(self, inputs):
         """Gather every branch's results into one dict and one recommendations table."""
+        from recmodel.steps.cards import results_card
         from recmodel.steps.common import RunTables
         from recmodel.steps.join import join_recommendations, merge_results, train_history
+        from recmodel.steps.summaries import STEP_METRICS, models_summary
 
         self.merge_artifacts(
             inputs,
@@ -271,6 +299,8 @@ class TwoStageFlow(FlowSpec):
         )
         self.train_history = train_history(self.model_results)
         self.recommendations = join_recommendations(self.model_results, RunTables(self))
+        self.summary = models_summary(self.model_results, STEP_METRICS)
+        results_card(current.card["results"], "Every model", self.model_results)
         self.next(self.report)
 
     @card(type="blank", id="report")
@@ -279,6 +309,7 @@ class TwoStageFlow(FlowSpec):
         """Recall@k and NDCG@k of every model on the same test users, with intervals."""
         from recmodel.steps.common import RunTables
         from recmodel.steps.report import report
+        from recmodel.steps.summaries import report_summary
 
         # The artifact shares its name with this step (DESIGN.md §4): later steps read it through
         # the Client API, where ``task["report"]`` is the artifact, not the method.
@@ -293,6 +324,7 @@ class TwoStageFlow(FlowSpec):
             RunTables(self),
             current.card["report"],
         )
+        self.summary = report_summary(self.report, self.report_files)
         self.next(self.end)
 
     @card(type="blank", id="champion")
@@ -302,17 +334,25 @@ class TwoStageFlow(FlowSpec):
         """Export the retriever for serving, then gate it against the branch's champion."""
         from recmodel.steps.cards import champion_card
         from recmodel.steps.common import RunTables
+        from recmodel.steps.data import run_tags, tag_run
         from recmodel.steps.publish import export_serving, gate_champion
         from recmodel.steps.report import log_summary
+        from recmodel.steps.summaries import end_summary
 
+        # Again here: a resumed run reuses the start of the run it resumes, tags not included.
+        tag_run(current.flow_name, current.run_id, run_tags(self.config, self.inputs))
+        headline = self.summary  # the report step's summary, before this step's own
         self.serving = export_serving(self.finetune_checkpoint, self.tables, RunTables(self))
         # Both models on this run's test users; ``self.report`` is the step method here, so the
         # report artifact is read through the Client API.
         self.champion_decision = gate_champion(
             self.config, self.tables, self.recommendations, current.flow_name, current.run_id
         )
-        champion_card(current.card["champion"], self.champion_decision)
-        log_summary(self.report_files)
+        self.summary = end_summary(self.serving, self.champion_decision, self.report_files)
+        champion_card(
+            current.card["champion"], self.champion_decision, self.serving, self.report_files
+        )
+        log_summary(self.report_files, headline)
 
 
 if __name__ == "__main__":

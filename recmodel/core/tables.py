@@ -1,20 +1,27 @@
-"""Large tables as versioned Parquet files beside a run's artifacts.
+"""Large tables and documents as versioned files beside a run's artifacts.
 
 Metaflow pickles and gzips artifacts on one thread, which is slow for tables of millions of rows.
 Large tables are therefore written as Parquet under the run's own place in the datastore
 (``<datastore root>/<flow>/<run id>/_tables/<step>/<name>.parquet``, a local directory or an
-object store prefix) and the artifact holds a :class:`TableRef`: an immutable reference with
-the URI, row count, schema and a content hash. :func:`read_table` and :func:`duckdb_view` turn a
-reference back into an Arrow table or a DuckDB view; :func:`load_artifact` loads any artifact of
-any past run by name, resolving references transparently.
+object store prefix) and the artifact holds a reference: a plain dict with the URI, the row
+count, the columns and a content hash::
+
+    {"uri": ".../_tables/extract_sessions/events.parquet", "format": "parquet", "rows": 48155,
+     "columns": {"user_idx": "int32", ...}, "sha256": "9f1c...", "nbytes": 412345}
+
+References are plain built-in types on purpose: the Metaflow UI and any client unpickle
+artifacts without this package installed, and show the dict as it is. Other files (a JSON
+document such as the executed SQL, a pickled model) get the same kind of reference with their
+own ``format``. :func:`read_table` and :func:`duckdb_view` turn a table reference back into an
+Arrow table or a DuckDB view; :func:`load_artifact` loads any artifact of any past run by name,
+resolving references transparently. Runs written before references were plain dicts hold
+:class:`TableRef` objects; every function here accepts both.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,20 +31,32 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from recmodel.core.files import (
+    JSON_DOC,
+    PARQUET,
+    TableIntegrityError,
+    copy_file,
+    filesystem,
+    is_file_ref,
+    load_checkpoint,
+    load_object,
+    read_json,
+    sha256_of,
+)
+
 log = logging.getLogger(__name__)
 
 TABLES_DIR = "_tables"  # not a Metaflow step: the local metadata only lists dirs with _meta
-HASH_BLOCK = 1 << 22  # bytes read at a time while hashing
 ROOT_ENV = "RECMODEL_TABLE_ROOT"  # overrides where tables go (e.g. a bucket prefix)
-
-
-class TableIntegrityError(RuntimeError):
-    """A stored table no longer matches the hash recorded when it was written."""
 
 
 @dataclass(frozen=True)
 class TableRef:
-    """Immutable reference to a Parquet table stored beside a run's artifacts."""
+    """Immutable reference to a Parquet table stored beside a run's artifacts.
+
+    Artifacts hold its plain-dict form (:meth:`to_dict`); runs written before that hold the
+    object itself, which only unpickles where this package is installed. :meth:`of` reads both.
+    """
 
     uri: str
     rows: int
@@ -49,24 +68,43 @@ class TableRef:
     def columns(self) -> list[str]:
         return [name for name, _ in self.schema]
 
-    def __repr__(self) -> str:  # shown by the Metaflow UI and the Client API
+    def __repr__(self) -> str:
         cols = ", ".join(f"{n}: {t}" for n, t in self.schema)
         return f"TableRef({self.uri!r}, rows={self.rows}, sha256={self.sha256[:12]}, [{cols}])"
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plain form artifacts hold (built-in types only)."""
+        return {
+            "uri": self.uri,
+            "format": PARQUET,
+            "rows": self.rows,
+            "columns": dict(self.schema),
+            "sha256": self.sha256,
+            "nbytes": self.nbytes,
+        }
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
+    @classmethod
+    def of(cls, ref: AnyRef) -> TableRef:
+        """The reference ``ref`` as an object, from its plain dict or an object of a past run."""
+        if isinstance(ref, TableRef):
+            return ref
+        if not is_table_ref(ref):
+            raise TypeError(f"not a table reference: {ref!r}")
+        return cls(
+            uri=ref["uri"],
+            rows=int(ref["rows"]),
+            schema=tuple((str(n), str(t)) for n, t in ref["columns"].items()),
+            sha256=ref["sha256"],
+            nbytes=int(ref["nbytes"]),
+        )
 
 
-def _sha256(fs: pafs.FileSystem, path: str) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with fs.open_input_stream(path) as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
+AnyRef = TableRef | dict  # what steps receive: a plain reference, or a past run's object
+
+
+def is_table_ref(value: Any) -> bool:
+    """A reference to a Parquet table, in its plain form or as a past run's :class:`TableRef`."""
+    return isinstance(value, TableRef) or (is_file_ref(value) and value["format"] == PARQUET)
 
 
 def run_table_root(flow: Any = None) -> str:
@@ -91,25 +129,8 @@ def run_table_root(flow: Any = None) -> str:
     return f"{str(root).rstrip('/')}/{current.flow_name}/{current.run_id}/{TABLES_DIR}/{current.step_name}"
 
 
-def copy_file(local_path: str | Path, uri: str) -> str:
-    """Copy a finished local file to ``uri`` (a path or an object-store URI) atomically.
-
-    Locally the copy is written under a temporary name and renamed when complete; object
-    stores write a key atomically on close. Returns the destination path.
-    """
-    fs, path = _filesystem(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
-    else:
-        pafs.copy_files(str(local_path), path, destination_filesystem=fs)
-    return path
-
-
-def publish(local_path: str | Path, uri: str) -> TableRef:
-    """Copy a finished local Parquet file to ``uri`` and return its reference.
+def publish(local_path: str | Path, uri: str) -> dict[str, Any]:
+    """Copy a finished local Parquet file to ``uri`` and return its reference (a plain dict).
 
     The file is first written under a temporary name and renamed when complete (locally), so
     a failed copy never leaves a half-written table behind a valid-looking name.
@@ -117,7 +138,7 @@ def publish(local_path: str | Path, uri: str) -> TableRef:
     local_path = str(local_path)
     meta = pq.read_metadata(local_path)
     schema = meta.schema.to_arrow_schema()
-    digest, size = _sha256(pafs.LocalFileSystem(), local_path)
+    digest, size = sha256_of(pafs.LocalFileSystem(), local_path)
     path = copy_file(local_path, uri)
     ref = TableRef(
         uri=uri if "://" in uri else path,
@@ -126,22 +147,37 @@ def publish(local_path: str | Path, uri: str) -> TableRef:
         sha256=digest,
         nbytes=size,
     )
-    log.info("published %s", ref)
-    return ref
+    log.info("published %s (%d rows, %d bytes)", ref.uri, ref.rows, ref.nbytes)
+    return ref.to_dict()
 
 
-def write_table(table: pa.Table, uri: str) -> TableRef:
-    """Write an Arrow table as Parquet at ``uri`` and return its reference."""
+def write_table(table: pa.Table, uri: str) -> dict[str, Any]:
+    """Write an Arrow table as Parquet at ``uri`` and return its reference (a plain dict)."""
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "table.parquet")
         pq.write_table(table, local)
         return publish(local, uri)
 
 
-def verify(ref: TableRef) -> None:
+def resolve(value: Any, tables: bool = True) -> Any:
+    """A reference's content (Arrow table, JSON value, checkpoint, object); else ``value``.
+
+    Args:
+        value: an artifact's value.
+        tables: resolve table references too (False leaves them, e.g. for DuckDB views).
+    """
+    if is_table_ref(value):
+        return read_table(value) if tables else value
+    if is_file_ref(value) and value["format"] == JSON_DOC:
+        return read_json(value)
+    return load_object(load_checkpoint(value))
+
+
+def verify(ref: AnyRef) -> None:
     """Raise :class:`TableIntegrityError` if the stored file changed since it was written."""
-    fs, path = _filesystem(ref.uri)
-    digest, _ = _sha256(fs, path)
+    ref = TableRef.of(ref)
+    fs, path = filesystem(ref.uri)
+    digest, _ = sha256_of(fs, path)
     if digest != ref.sha256:
         raise TableIntegrityError(
             f"{ref.uri}: content hash {digest[:12]} differs from the recorded {ref.sha256[:12]}; "
@@ -149,20 +185,22 @@ def verify(ref: TableRef) -> None:
         )
 
 
-def read_table(ref: TableRef, columns: list[str] | None = None, check: bool = True) -> pa.Table:
+def read_table(ref: AnyRef, columns: list[str] | None = None, check: bool = True) -> pa.Table:
     """Load a referenced table as Arrow (verifying its hash unless ``check`` is False)."""
+    ref = TableRef.of(ref)
     if check:
         verify(ref)
-    fs, path = _filesystem(ref.uri)
+    fs, path = filesystem(ref.uri)
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
-def local_path(ref: TableRef) -> str:
+def local_path(ref: AnyRef) -> str:
     """A path DuckDB can read: the file itself for local refs, the URI otherwise."""
-    return _filesystem(ref.uri)[1] if "://" not in ref.uri else ref.uri
+    uri = TableRef.of(ref).uri
+    return filesystem(uri)[1] if "://" not in uri else uri
 
 
-def duckdb_view(con: Any, ref: TableRef, name: str) -> None:
+def duckdb_view(con: Any, ref: AnyRef, name: str) -> None:
     """Register ``ref`` as a DuckDB view called ``name`` (read lazily, out of core)."""
     # DDL cannot take bound parameters: the path is quoted as a SQL string literal instead.
     path = local_path(ref).replace("'", "''")
@@ -179,7 +217,9 @@ def load_artifact(
         run: ``"latest"`` (latest successful run), a run id, a ``"Flow/run_id"`` pathspec or a
             ``metaflow.Run``.
         flow: flow name used with ``"latest"`` or a bare run id.
-        as_table: turn a :class:`TableRef` into an Arrow table.
+        as_table: turn a table reference into an Arrow table (False: return the reference).
+            Other references always resolve to their content (:func:`resolve`): a JSON
+            document to its value, weights to ``{"safetensors": bytes, "model_config"}``.
     """
     from metaflow import Flow, Run
 
@@ -195,5 +235,5 @@ def load_artifact(
         task = step.task
         if task is not None and name in task:
             value = task[name].data
-            return read_table(value) if as_table and isinstance(value, TableRef) else value
+            return resolve(value, tables=as_table)
     raise LookupError(f"artifact {name!r} not found in {run_obj.pathspec}")

@@ -129,17 +129,56 @@ def build_report(
 
 
 def report_card_components(report: Report) -> list:
-    """Metaflow card components (Markdown, Table, Image) for a ``@card(type="blank")`` step."""
+    """Metaflow card components (Markdown, Table, Image) for a ``@card(type="blank")`` step.
+
+    The results table is split in two (:func:`card_tables`): a dozen columns of intervals do
+    not fit the width the Metaflow UI gives a card.
+    """
     from metaflow.cards import Image, Markdown, Table
 
-    headers, rows = report.table
-    components = [Markdown(report.intro), Table(rows, headers=headers), Markdown(report.body)]
+    components = [Markdown(report.intro)]
+    for caption, (headers, rows) in card_tables(report.table):
+        components += [Markdown(caption), Table(rows, headers=headers)]
+    components.append(Markdown(report.body))
     if report.figures:
         components.append(Markdown("## Figures"))
     components += [
         Image(png, label=FIGURE_CAPTIONS.get(name, name)) for name, png in report.figures.items()
     ]
     return components
+
+
+CARD_TABLES = (
+    ("**Recall and NDCG**", ("Recall@", "NDCG@")),
+    ("**Hit rate, coverage, popularity and cost**", None),  # every other column
+)
+
+
+def card_tables(
+    table: tuple[list[str], list[list[str]]],
+) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:
+    """The results table as narrower tables, each with the model column first.
+
+    Returns:
+        ``[(caption, (headers, rows)), ...]`` as :data:`CARD_TABLES` groups the columns
+        (by header prefix); a group without columns is left out.
+    """
+    headers, rows = table
+    taken: set[int] = set()
+    out = []
+    for caption, prefixes in CARD_TABLES:
+        picked = [
+            i
+            for i in range(1, len(headers))
+            if i not in taken and (prefixes is None or headers[i].startswith(prefixes))
+        ]
+        taken.update(picked)
+        if picked:
+            cols = [0, *picked]
+            out.append(
+                (caption, ([headers[i] for i in cols], [[r[i] for i in cols] for r in rows]))
+            )
+    return out
 
 
 def write_report_files(report: Report, out_dir: str | Path) -> dict[str, str]:

@@ -20,6 +20,7 @@ from recmodel.report.text import pretty_metric
 
 DPI = 110  # sharp in the Metaflow UI without multi-megabyte cards
 PANEL_SIZE = (5.2, 3.6)  # inches per panel
+EPOCH_PANEL_SIZE = (3.6, 3.0)  # inches per panel of a training card (up to four side by side)
 REFERENCE_COLOR = "#d62728"  # the reference model stands out in every figure
 OTHER_COLOR = "#1f77b4"
 OTHER_COLORS = (
@@ -38,26 +39,107 @@ ECDF_POINTS = 201  # grid of the popularity ECDF: every half percentile
 
 
 def training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> bytes:
-    """Training loss and validation NDCG@10 per epoch, one line per training run.
+    """Training losses and validation NDCG@10 per epoch, one line per training run.
+
+    Losses of different objectives never share an axis (:func:`curve_panels`): the next-item
+    (sampled-softmax) losses on one panel, finetuning's pairwise logit loss on its own.
 
     Args:
-        histories: run name -> per-epoch rows with keys ``epoch``, ``loss``, ``ndcg@10``;
-            a row may lack any of them (a missing ``epoch`` is the row's 1-based position).
+        histories: run name -> per-epoch rows with keys ``epoch``, ``loss``, ``ndcg@10`` and,
+            for finetuning, ``pair_loss`` and ``softmax_loss``; a row may lack any of them (a
+            missing ``epoch`` is the row's 1-based position).
 
     Returns:
-        PNG bytes of a two-panel figure.
+        PNG bytes of a two-panel figure, three-panel with a pairwise loss.
     """
-    fig, (ax_loss, ax_ndcg) = _figure(2)
-    for name, rows in histories.items():
-        for ax, key in ((ax_loss, "loss"), (ax_ndcg, "ndcg@10")):
-            epochs, values = _series(rows, key)
+    panels = curve_panels(histories)
+    fig, axes = _figure(len(panels))
+    epochs = _epochs([row for rows in histories.values() for row in rows])
+    for ax, (title, ylabel, keys) in zip(axes, panels, strict=True):
+        for name, key in keys.items():
+            x, values = _series(histories[name], key)
             if len(values):
-                ax.plot(epochs, values, marker="o", markersize=3, label=name)
-    for ax in (ax_loss, ax_ndcg):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _style(ax_loss, "Training loss", "epoch", "loss")
-    _style(ax_ndcg, "Validation NDCG@10", "epoch", "NDCG@10")
+                ax.plot(x, values, marker="o", markersize=3, label=name)
+        _epoch_axis(ax, epochs)
+        _style(ax, title, "epoch", ylabel)
     return _png(fig)
+
+
+def curve_panels(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> list[tuple[str, str, dict[str, str]]]:
+    """The panels of :func:`training_curves`: ``(title, y label, {run: history key})``.
+
+    A finetuning history (one with ``pair_loss``) records its total ``loss`` = pairwise +
+    weighted next-item term: its next-item term (``softmax_loss``) joins the pretraining
+    losses, its pairwise loss gets a panel of its own, its total is not drawn.
+    """
+    finetuned = {n for n, rows in histories.items() if any("pair_loss" in r for r in rows)}
+    panels = [
+        (
+            "Next-item loss (sampled softmax)",
+            "loss",
+            {n: "softmax_loss" if n in finetuned else "loss" for n in histories},
+        )
+    ]
+    if finetuned:
+        panels.append(
+            ("Pairwise logit loss (finetuning)", "loss", dict.fromkeys(finetuned, "pair_loss"))
+        )
+    panels.append(("Validation NDCG@10", "NDCG@10", dict.fromkeys(histories, "ndcg@10")))
+    return panels
+
+
+LOSS_TITLES = {
+    "loss": "Training loss (sampled softmax)",
+    "pair_loss": "Pairwise logit loss",
+    "softmax_loss": "Next-item loss (sampled softmax)",
+}
+TOTAL_LOSS_TITLE = "Total loss (pairwise + next-item)"  # ``loss`` beside ``pair_loss``
+
+
+def epoch_panels(rows: Sequence[Mapping[str, Any]], title: str) -> bytes:
+    """One training run: every loss it records and validation NDCG@10, each on its own axis.
+
+    Args:
+        rows: per-epoch history (``loss``, ``pair_loss``, ``softmax_loss``, ``ndcg@10``; a
+            starting row without a loss, as finetuning's row 0, shows on the NDCG panel only).
+        title: the run's name, above the figure.
+
+    Returns:
+        PNG bytes with the panels of :func:`epoch_panel_keys`; every axis starts at 0, and a
+        series of a single epoch is a point labelled with its value.
+    """
+    panels = epoch_panel_keys(rows)
+    fig, axes = _figure(len(panels), size=EPOCH_PANEL_SIZE)
+    fig.suptitle(title, fontsize=12)
+    every_epoch = _epochs(rows)
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        epochs, values = _series(rows, key)
+        ax.plot(epochs, values, marker="o", markersize=4, color=OTHER_COLOR)
+        if len(values) == 1:  # one epoch: a labelled point, not a zoomed-in axis around it
+            ax.annotate(
+                f"{values[0]:.4g}",
+                (epochs[0], values[0]),
+                textcoords="offset points",
+                xytext=(6, -12),
+                fontsize=9,
+            )
+        ax.set_ylim(bottom=0, top=max(values.max(initial=0.0) * 1.15, 1e-3))
+        _epoch_axis(ax, every_epoch)
+        ylabel = "NDCG@10" if key == "ndcg@10" else "loss"
+        _style(ax, label, "epoch", ylabel, legend=False)
+    return _png(fig)
+
+
+def epoch_panel_keys(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """``(history key, title)`` of each panel of :func:`epoch_panels`: the losses present
+    in the rows, then validation NDCG@10."""
+    keys = [k for k in LOSS_TITLES if _series(rows, k)[1].size]
+    titles = {**LOSS_TITLES, "ndcg@10": "Validation NDCG@10"}
+    if "pair_loss" in keys:
+        titles["loss"] = TOTAL_LOSS_TITLE
+    return [(key, titles[key]) for key in [*keys, "ndcg@10"]]
 
 
 def metric_bars(
@@ -139,6 +221,18 @@ def _figure(n_panels: int, size: tuple[float, float] = PANEL_SIZE) -> tuple[Figu
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     return fig, list(axes)
+
+
+def _epochs(rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """float ``[R]``: each row's epoch (its 1-based position where it has none)."""
+    return np.array([float(row.get("epoch", i)) for i, row in enumerate(rows, start=1)])
+
+
+def _epoch_axis(ax, epochs: np.ndarray) -> None:
+    """Integer epoch ticks over every epoch of the figure, however few a panel's series has."""
+    if len(epochs):
+        ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:

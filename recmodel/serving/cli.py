@@ -225,7 +225,7 @@ def cmd_recommend(
     args: argparse.Namespace, pathspec: str, artifacts: Artifacts, out: TextIO
 ) -> int:
     from recmodel.core.dataset_io import item_features
-    from recmodel.core.tables import local_path, read_table
+    from recmodel.core.tables import TableRef, local_path, read_table
     from recmodel.retriever.checkpoint import load_retriever
 
     refs, checkpoint = artifacts("tables"), artifacts(CHECKPOINTS[args.model])
@@ -234,7 +234,7 @@ def cmd_recommend(
     model = load_retriever(
         checkpoint["safetensors"],
         checkpoint["model_config"],
-        item_features(items, source=refs["items"].uri),
+        item_features(items, source=TableRef.of(refs["items"]).uri),
     )
     history, ts = user_history(local_path(refs["events"]), user_idx, AS_OF[args.as_of])
     last = (

@@ -132,11 +132,14 @@ def _from_export(artifact: Callable[[str], Any]) -> ServedModel:
 
 def _from_checkpoint(artifact: Callable[[str], Any]) -> ServedModel:
     from recmodel.core.dataset_io import item_features
+    from recmodel.core.files import load_checkpoint
     from recmodel.core.tables import read_table
     from recmodel.retriever.checkpoint import load_retriever
     from recmodel.serving.export import QueryEncoder, item_vectors
 
-    checkpoint, items = artifact("finetune_checkpoint"), read_table(artifact("tables")["items"])
+    # A reference to the weights' file, or the bytes of a run that stored them in the artifact.
+    checkpoint = load_checkpoint(artifact("finetune_checkpoint"))
+    items = read_table(artifact("tables")["items"])
     model = load_retriever(
         checkpoint["safetensors"], checkpoint["model_config"], item_features(items)
     )

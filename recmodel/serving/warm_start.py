@@ -221,10 +221,10 @@ def warm_start_from_run(
     run: Any, new_model: Retriever, new_items: pa.Table, artifact: str = DEFAULT_ARTIFACT
 ) -> WarmStart:
     """:func:`warm_start` from a past run's checkpoint artifact and its ``items`` table."""
-    from recmodel.core.tables import load_artifact, read_table
+    from recmodel.core.tables import TableRef, load_artifact, read_table
 
     checkpoint = load_artifact(artifact, run)
-    items_ref = load_artifact("tables", run)["items"]
+    items_ref = TableRef.of(load_artifact("tables", run)["items"])
     wanted = [Columns.ITEM_IDX, Columns.ITEM, *CODE_COLUMNS.values()]
     old_items = read_table(items_ref, columns=[c for c in wanted if c in items_ref.columns])
     result = warm_start(checkpoint, old_items, new_model, new_items)

@@ -15,6 +15,8 @@ from recmodel.ingest.summary import window_table
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, int):
@@ -100,7 +102,7 @@ def results_card(card: Any, title: str, results: dict) -> None:
 
     card.append(
         Markdown(
-            f"# {title}\n\nTest metrics as computed in this step; the report "
+            f"# {title}\n\nTest metrics as the step of each model computed them; the report "
             "recomputes every number from the recommendations table."
         )
     )
@@ -151,16 +153,72 @@ def ranker_card(card: Any, quality: dict) -> None:
         )
 
 
-def champion_card(card: Any, decision: dict) -> None:
-    """The champion gate: the verdict, the rule, the runs, both models on the same users."""
+def inputs_card(
+    card: Any, config: dict, inputs: dict, checks: dict, tags: list[str], warm_start: str | None
+) -> None:
+    """What the run is: its data, preset, tags and every setting it runs with."""
     if card is None:
         return
     from metaflow.cards import Markdown, Table
 
+    if inputs.get("kind") == "synthetic":
+        syn = config.get("synthetic", {})
+        data = (
+            f"built-in synthetic listening logs (seed {syn.get('seed')}, "
+            f"{_fmt(syn.get('n_users'))} users, {_fmt(syn.get('n_tracks'))} tracks, "
+            f"{_fmt(syn.get('days'))} days)"
+        )
+    else:
+        data = f"`{inputs.get('kind')}` events `{inputs.get('events')}`"
+        data += f", items `{inputs['items']}`" if inputs.get("items") else ", no item table"
+    lines = [
+        f"- **data**: {data}",
+        f"- **preset**: `{config.get('name')}`",
+        f"- **tags**: {', '.join(f'`{t}`' for t in tags)}",
+        f"- **warm start**: {warm_start or 'none (trained from scratch)'}",
+    ]
+    if inputs.get("ranker_scores"):
+        lines.append(f"- **ranker scores**: `{inputs['ranker_scores']}` (a production ranker)")
+    warnings = checks.get("warnings", [])
+    lines.append(f"- **input warnings**: {len(warnings)}")
+    card.append(Markdown("# Configuration and inputs\n\n" + "\n".join(lines)))
+    if warnings:
+        card.append(Table([[w] for w in warnings], headers=["warning"]))
+    card.append(Markdown("## Settings\n\nThe effective configuration (preset and overrides)."))
+    rows = [
+        [section, " · ".join(f"{key} {_setting(value)}" for key, value in values.items())]
+        for section, values in config.items()
+        if isinstance(values, dict)
+    ]
+    card.append(Table(rows, headers=["section", "settings"]))
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(_setting(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return _fmt(value) if value != "" else '""'
+
+
+def champion_card(card: Any, decision: dict, serving: dict, files: dict) -> None:
+    """The champion gate (the verdict, the rule, the runs, both models on the same users), the
+    serving export and where the report is."""
+    if card is None:
+        return
+    from metaflow.cards import Markdown
+
     card.append(Markdown(f"# Champion gate: {_verdict(decision)}\n\n{decision['reason']}"))
     card.append(Markdown("\n".join(_gate_lines(decision))))
-    if not decision.get("compared"):
-        return
+    if decision.get("compared"):
+        _comparison(card, decision)
+    _export(card, serving, files)
+
+
+def _comparison(card: Any, decision: dict) -> None:
+    """Both models' metrics on this run's test users."""
+    from metaflow.cards import Markdown, Table
+
     metric = decision["metric"]
     candidate, champion = decision["candidate"], decision["champion"]
     rows = [
@@ -219,3 +277,23 @@ def _gate_lines(decision: dict) -> list[str]:
             "not comparable, for reference only)"
         )
     return lines
+
+
+def _export(card: Any, serving: dict, files: dict) -> None:
+    """The serving export's files and hashes, and where the report is."""
+    from metaflow.cards import Markdown, Table
+
+    shape = ", ".join(
+        f"{k} {_fmt(serving[k])}" for k in ("n_items", "dim", "max_len") if k in serving
+    )
+    card.append(
+        Markdown(
+            f"## Serving export\n\nDirectory: `{serving.get('directory')}`\n\n{shape}; "
+            f"written with torch {serving.get('torch_version', '?')}. How a request is served: "
+            f"{serving.get('recipe', '')}"
+        )
+    )
+    sha = serving.get("sha256", {})
+    rows = [[name, uri, sha.get(name, "")[:16]] for name, uri in serving.get("files", {}).items()]
+    card.append(Table(rows, headers=["file", "where", "sha256 (first 16)"]))
+    card.append(Markdown(f"## Report\n\n`{files.get('markdown')}`"))

@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 from recmodel.core.config import ConfigError, PipelineConfig
 from recmodel.core.errors import InputError
+from recmodel.core.files import read_json, write_checkpoint, write_json, write_object
 from recmodel.core.presets import from_dict
 from recmodel.core.sql import connect
-from recmodel.core.tables import TableRef, publish, run_table_root, write_table
+from recmodel.core.tables import publish, run_table_root, write_table
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,50 @@ class RunTables:
     def __init__(self, flow: Any = None, root: str | None = None):
         self.root = root if root is not None else run_table_root(flow)
 
-    def uri(self, name: str) -> str:
-        return f"{self.root}/{name}.parquet"
+    def uri(self, name: str, suffix: str = ".parquet") -> str:
+        return f"{self.root}/{name}{suffix}"
 
-    def publish(self, local_path: str | Path, name: str) -> TableRef:
+    def publish(self, local_path: str | Path, name: str) -> dict[str, Any]:
+        """Publish a finished Parquet file; returns its reference (a plain dict)."""
         return publish(local_path, self.uri(name))
 
-    def write(self, table: Any, name: str) -> TableRef:
+    def write(self, table: Any, name: str) -> dict[str, Any]:
+        """Write an Arrow table; returns its reference (a plain dict)."""
         return write_table(table, self.uri(name))
+
+    def write_json(self, value: Any, name: str, **about: Any) -> dict[str, Any]:
+        """Write a JSON document; returns its reference, with ``about`` shown beside it."""
+        return write_json(value, self.uri(name, ".json"), **about)
+
+    def write_object(self, value: Any, name: str) -> dict[str, Any]:
+        """Pickle a fitted model into a file; returns its reference."""
+        return write_object(value, self.uri(name, ".pkl"))
+
+    def write_checkpoint(self, weights: bytes, model_config: dict, name: str) -> dict[str, Any]:
+        """Store a model's safetensors bytes; the reference carries the model config."""
+        return write_checkpoint(weights, model_config, self.uri(name, ".safetensors"))
+
+
+def record_queries(earlier: Any, records: list[dict], tables: RunTables) -> dict[str, Any]:
+    """The run's ``sql_queries`` so far plus ``records``, as a JSON document beside the tables.
+
+    The full text of every executed file, with its parameters, rows and seconds, is tens of KB:
+    kept in a file (``load_artifact("sql_queries")`` reads it), not carried through every step
+    as an artifact. The reference lists the files in the order they ran.
+
+    Args:
+        earlier: the ``sql_queries`` artifact of the previous step: a reference, a list of
+            records (runs written before the document), or None.
+        records: this step's records (:attr:`recmodel.core.sql.SqlRunner.records`).
+        tables: where this step publishes.
+    """
+    if earlier is None:
+        earlier = []
+    elif isinstance(earlier, dict):
+        earlier = read_json(earlier)
+    queries = [*earlier, *records]
+    files = [f"{q['file']} ({q.get('rows', '?')} rows)" for q in queries]
+    return tables.write_json(queries, "sql_queries", queries=len(queries), files=files)
 
 
 def config_of(config: dict) -> PipelineConfig:

@@ -15,7 +15,7 @@ from typing import Any
 from recmodel.core.columns import Columns
 from recmodel.core.config import PipelineConfig
 from recmodel.core.presets import load_preset, with_overrides
-from recmodel.core.tables import TableRef, local_path, read_table
+from recmodel.core.tables import local_path, read_table
 from recmodel.ingest.checks import validate_source
 from recmodel.ingest.extract import extract
 from recmodel.ingest.qtable import build_q_table
@@ -118,7 +118,7 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
 
 def estimate_q(
     config: dict, refs: dict, tables: RunTables, card: Any = None
-) -> tuple[TableRef, dict, list]:
+) -> tuple[dict, dict, list]:
     """Estimate the Q table from the pretrain window's targets (and show its shape).
 
     Returns:
@@ -150,3 +150,17 @@ def resolve_warm_start(spec: str, flow_name: str) -> str | None:
     run = find_warm_start_run(spec, flow_name)
     log.info("warm start: %s", run.pathspec if run is not None else "none found, cold start")
     return None if run is None else run.pathspec
+
+
+def run_tags(config: dict, inputs: dict) -> list[str]:
+    """Tags that tell runs apart in the UI's run list: the preset and the kind of data."""
+    return [f"preset:{config.get('name', 'custom')}", f"source:{inputs.get('kind', 'unknown')}"]
+
+
+def tag_run(flow_name: str, run_id: str, tags: list[str]) -> list[str]:
+    """Add ``tags`` to the running run (through the Client API, as champion gating does)."""
+    from metaflow import Run
+
+    Run(f"{flow_name}/{run_id}").add_tags(tags)
+    log.info("run tagged %s", ", ".join(tags))
+    return tags

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from recmodel.core.columns import Columns, Window
+from recmodel.core.files import load_checkpoint, load_object
 from recmodel.core.sql import SqlRunner
-from recmodel.core.tables import TableRef, read_table
+from recmodel.core.tables import AnyRef, read_table
 from recmodel.distill.finetune import finetune_retriever
 from recmodel.distill.metrics import distillation_metrics
 from recmodel.evaluation.testset import REC_K
@@ -43,6 +44,7 @@ RANKED_RULE = (
 
 
 def _retriever(checkpoint: dict, data: StepData, device: torch.device):
+    checkpoint = load_checkpoint(checkpoint)  # a reference, or the bytes of a past run
     model = load_retriever(
         checkpoint["safetensors"], checkpoint["model_config"], data.dataset.items
     )
@@ -51,15 +53,16 @@ def _retriever(checkpoint: dict, data: StepData, device: torch.device):
 
 def materialize_ranker_scores(
     config: dict, inputs: dict, refs: dict, checkpoint: dict, tables: Any
-) -> tuple[TableRef, dict, Any, list[dict]]:
+) -> tuple[dict, dict, dict | None, list[dict]]:
     """Score the pretrained retriever's candidates with the cross-fitted ranker.
 
     With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
 
     Returns:
-        ``(ranker_scores, ranker_quality, ranker, sql_queries)``; ``ranker`` is the built-in
-        model (None for imported scores), kept for the end-to-end distillation metrics, and
-        ``sql_queries`` the records of the SQL this step ran.
+        ``(ranker_scores, ranker_quality, ranker, sql_queries)``; ``ranker`` is the reference
+        of the built-in model pickled beside the run's tables (None for imported scores), kept
+        for the end-to-end distillation metrics, and ``sql_queries`` the records of the SQL
+        this step ran.
     """
     data = load_step_data(config, refs)
     runner = SqlRunner(connect_for(data.cfg))
@@ -82,15 +85,16 @@ def materialize_ranker_scores(
             "seconds": round(time.perf_counter() - started, 2),
         }
     ref = tables.write(with_original_ids(scores, users, items), "ranker_scores")
-    return ref, quality, ranker, runner.records
+    stored = None if ranker is None else tables.write_object(ranker, "ranker")
+    return ref, quality, stored, runner.records
 
 
 def finetune(
     config: dict,
     refs: dict,
-    q_ref: TableRef,
+    q_ref: AnyRef,
     checkpoint: dict,
-    scores_ref: TableRef,
+    scores_ref: AnyRef,
     ranker: Any,
     tables: Any,
     card: Any = None,
@@ -108,6 +112,7 @@ def finetune(
     device = resolve_device(cfg.train.device)
     pretrained = _retriever(checkpoint, data, device)
     scores = read_table(scores_ref)
+    ranker = load_object(ranker)  # its reference, or the object of a past run
     live = TrainingCard(card, f"{TWO_STAGE} (pairwise logit loss)")
     result = finetune_retriever(
         pretrained,
@@ -121,7 +126,7 @@ def finetune(
         device=device,
         progress=live.update,
     )
-    live.finish(result.history)
+    live.finish(result.history, result.best_epoch)
     entries = {TWO_STAGE: trained_result(data, TWO_STAGE, result, tables, fit_rule=FINETUNE_RULE)}
     if ranker is not None:  # a production ranker's scores come without a model to re-rank
         entries[RANKED] = ranked_result(data, ranker, result.model, tables)
@@ -133,7 +138,7 @@ def finetune(
         n_candidates=cfg.ranker.n_candidates,
         device=device,
     )
-    return checkpoint_of(result), entries, distillation
+    return checkpoint_of(result, tables, "finetune_checkpoint"), entries, distillation
 
 
 def ranked_result(data: StepData, ranker: Any, retriever: Any, tables: Any) -> dict:

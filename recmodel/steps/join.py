@@ -8,7 +8,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from recmodel.core.tables import TableRef, read_table
+from recmodel.core.plain import plain
+from recmodel.core.tables import read_table
 
 
 def merge_results(*parts: dict) -> dict:
@@ -27,13 +28,14 @@ def merge_results(*parts: dict) -> dict:
 
 
 def train_history(results: dict) -> dict:
-    """``train_history`` artifact: per-epoch rows of every trained model."""
+    """``train_history`` artifact: per-epoch rows of every trained model (plain values; a
+    value a row cannot have, such as the starting model's loss, is None, never NaN)."""
     return {
-        name: entry.get("history", []) for name, entry in results.items() if entry.get("history")
+        name: plain(entry["history"]) for name, entry in results.items() if entry.get("history")
     }
 
 
-def join_recommendations(results: dict, tables: Any) -> TableRef:
+def join_recommendations(results: dict, tables: Any) -> dict:
     """Concatenate every model's rows into the ``recommendations`` table."""
     with tempfile.TemporaryDirectory(prefix="recmodel-recs-") as tmp:
         path = Path(tmp) / "recommendations.parquet"

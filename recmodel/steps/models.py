@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recmodel.baselines.registry import BASELINES, BuildOptions, run_baseline
-from recmodel.core.tables import TableRef, read_table
+from recmodel.core.tables import AnyRef, read_table
 from recmodel.evaluation.testset import REC_K
 from recmodel.retriever.faults import inject_fault
 from recmodel.retriever.launch import pretrain_data_parallel
@@ -84,7 +84,7 @@ def _warm_state(run_pathspec: str | None, model: Transformer, data: StepData):
 def pretrain(
     config: dict,
     refs: dict,
-    q_ref: TableRef,
+    q_ref: AnyRef,
     tables: Any,
     card: Any = None,
     warm_start_run: str | None = None,
@@ -115,7 +115,7 @@ def pretrain(
         state_store=_state_store(tables, model),
         processes=cfg.train.processes,
     )
-    live.finish(result.history)
+    live.finish(result.history, result.best_epoch)
     entry = trained_result(
         data,
         model.name,
@@ -127,7 +127,7 @@ def pretrain(
         params={"logq": logq},
         fit_rule=PRETRAIN_RULE,
     )
-    return checkpoint_of(result), {model.name: entry}
+    return checkpoint_of(result, tables, model.checkpoint), {model.name: entry}
 
 
 def baselines(config: dict, refs: dict, tables: Any) -> dict:

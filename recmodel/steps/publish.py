@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from typing import Any
 
 import pyarrow as pa
 
 from recmodel.core.columns import Columns
-from recmodel.core.tables import TableRef, read_table
+from recmodel.core.files import load_checkpoint
+from recmodel.core.plain import plain
+from recmodel.core.tables import AnyRef, read_table
 from recmodel.serving import champion, export
 from recmodel.serving.bundle import MANIFEST
 from recmodel.serving.gate import CandidateWeek
 from recmodel.steps.common import config_of
 from recmodel.steps.report import evaluated_targets, publish_files
+
+log = logging.getLogger(__name__)
 
 
 def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
@@ -24,19 +29,23 @@ def export_serving(checkpoint: dict, refs: dict, tables: Any) -> dict:
     which holds every file's sha256, last.
 
     Returns:
-        The manifest with the URIs of the published files.
+        The manifest (plain built-in types) with the export's ``directory`` and the URIs of
+        the published ``files``.
     """
     items = read_table(refs["items"])  # codes and acoustic vectors rebuild the item tower
+    checkpoint = load_checkpoint(checkpoint)  # a reference, or the bytes of a past run
     target = f"{tables.root}/serving"
     if "://" not in target:
         manifest = export.export_checkpoint(checkpoint, items, target)
-        return {**manifest, "files": manifest.pop("paths")}
-    with tempfile.TemporaryDirectory(prefix="recmodel-serving-") as tmp:
-        manifest = export.export_checkpoint(checkpoint, items, f"{tmp}/serving")
-        paths = manifest.pop("paths")
-        ordered = dict(sorted(paths.items(), key=lambda kv: kv[0] == MANIFEST))  # seal last
-        uris = publish_files(ordered, target)
-    return {**manifest, "files": uris}
+        files = manifest.pop("paths")
+    else:
+        with tempfile.TemporaryDirectory(prefix="recmodel-serving-") as tmp:
+            manifest = export.export_checkpoint(checkpoint, items, f"{tmp}/serving")
+            paths = manifest.pop("paths")
+            ordered = dict(sorted(paths.items(), key=lambda kv: kv[0] == MANIFEST))  # seal last
+            files = publish_files(ordered, target)
+        log.info("serving export uploaded to %s", target)
+    return plain({**manifest, "directory": target, "files": files})
 
 
 def candidate_week(config: dict, refs: dict) -> CandidateWeek:
@@ -61,7 +70,7 @@ def candidate_week(config: dict, refs: dict) -> CandidateWeek:
 
 
 def gate_champion(
-    config: dict, refs: dict, recommendations: TableRef, flow_name: str, run_id: str
+    config: dict, refs: dict, recommendations: AnyRef, flow_name: str, run_id: str
 ) -> dict:
     """Judge the run against the branch's champion on this run's test users, and tag it.
 

@@ -12,11 +12,12 @@ import pyarrow.compute as pc
 
 from recmodel.core.columns import Columns
 from recmodel.core.config import PipelineConfig
-from recmodel.core.tables import TableRef, copy_file, read_table
+from recmodel.core.tables import AnyRef, copy_file, read_table
 from recmodel.evaluation.testset import sample_test_users
 from recmodel.ingest.summary import split_rule, window_table
 from recmodel.report.build import build_report, report_card_components, write_report_files
 from recmodel.steps.common import config_of
+from recmodel.steps.summaries import headline_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def protocol_of(cfg: PipelineConfig, summary: dict) -> dict[str, Any]:
     return protocol
 
 
-def evaluated_targets(targets_ref: TableRef, cfg: PipelineConfig):
+def evaluated_targets(targets_ref: AnyRef, cfg: PipelineConfig):
     """Test targets of exactly the users every model was asked to recommend for."""
     targets = read_table(targets_ref)
     users = np.unique(targets.column(Columns.USER_IDX).to_numpy())
@@ -72,7 +73,7 @@ def publish_files(files: dict[str, str], root: str) -> dict[str, str]:
 def report(
     config: dict,
     refs: dict,
-    recommendations: TableRef,
+    recommendations: AnyRef,
     results: dict,
     summary: dict,
     distillation: dict,
@@ -108,6 +109,12 @@ def report(
     return data, files
 
 
-def log_summary(files: dict) -> None:
-    """Point at the report at the end of a run."""
-    log.info("report: %s (also: python flows/two_stage.py card view report)", files.get("markdown"))
+def log_summary(files: dict, headline: str | None = None) -> None:
+    """The results' headline and where the report is, at the end of a run (stdout).
+
+    Args:
+        files: the ``report_files`` artifact.
+        headline: the report step's ``summary`` (None: only the report's place).
+    """
+    text = headline_text(headline) if headline else f"report: {files.get('markdown')}"
+    log.info("%s\n(the card: python flows/two_stage.py card view report)", text)

@@ -20,7 +20,7 @@ from recmodel.core.columns import Columns
 from recmodel.core.config import PipelineConfig
 from recmodel.core.dataset import Dataset
 from recmodel.core.dataset_io import load_dataset
-from recmodel.core.tables import TableRef, local_path, read_table
+from recmodel.core.tables import AnyRef, local_path, read_table
 from recmodel.evaluation.metrics import evaluate
 from recmodel.evaluation.testset import REC_K, TestSet, build_test_set, recommendations_table
 from recmodel.retriever.faults import inject_fault
@@ -42,7 +42,7 @@ class StepData:
     refs: dict  # the extracted tables' references
 
 
-def load_step_data(config: dict, refs: dict[str, TableRef]) -> StepData:
+def load_step_data(config: dict, refs: dict[str, AnyRef]) -> StepData:
     """Load the extracted tables once per step and fix the test set."""
     cfg = config_of(config)
     torch.manual_seed(cfg.train.seed)
@@ -59,7 +59,7 @@ def load_step_data(config: dict, refs: dict[str, TableRef]) -> StepData:
     return StepData(cfg, dataset, build_test_set(dataset, cfg.eval), user_ids, item_ids, refs)
 
 
-def q_counts(q_ref: TableRef, n_items: int) -> np.ndarray:
+def q_counts(q_ref: AnyRef, n_items: int) -> np.ndarray:
     """int64 ``[N + 1]`` counts of the Q table, indexed by item_idx."""
     table = read_table(q_ref, columns=[Columns.ITEM_IDX, Columns.COUNT])
     counts = np.zeros(n_items + 1, dtype=np.int64)
@@ -121,9 +121,15 @@ def trained_result(data: StepData, name: str, result: Any, tables: Any, **info: 
     )
 
 
-def checkpoint_of(result: Any) -> dict:
-    """The checkpoint artifact of a ``TrainResult``: safetensors bytes and the model config."""
-    return {"safetensors": result.checkpoint, "model_config": result.model_config}
+def checkpoint_of(result: Any, tables: Any, name: str) -> dict:
+    """The checkpoint artifact of a ``TrainResult``: its weights stored as a safetensors file
+    beside the run's tables, and a reference that carries the model config.
+
+    Weights are megabytes to gigabytes: a file keeps them out of Metaflow's single-threaded
+    pickling and out of the UI's artifact view; :func:`recmodel.core.files.load_checkpoint` (and
+    ``load_artifact``) turn the reference back into ``{"safetensors": bytes, "model_config"}``.
+    """
+    return tables.write_checkpoint(result.checkpoint, result.model_config, name)
 
 
 def state_dir(tables: Any) -> str | None:

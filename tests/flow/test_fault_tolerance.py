@@ -355,6 +355,7 @@ def test_a_failed_run_resumes_at_finetune_reusing_earlier_steps():
     assert new["tables"].data == old["tables"].data
     assert "origin-task-id" not in run["finetune"].task.metadata_dict
     assert "sasrec_two_stage" in run["end"].task["report"].data["metrics"]
+    assert {"preset:tiny", "source:synthetic"} <= set(run.tags)  # start was reused, not rerun
 
 
 @pytest.mark.flow

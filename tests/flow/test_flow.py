@@ -1,11 +1,13 @@
 """One end-to-end run of TwoStageFlow on the tiny preset, shared by every test in this file."""
 
 import base64
+import json
 import math
 import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,24 @@ def run():
         return r.run
 
 
+STEP_CARDS = {  # every step's card id; the UI lists a card by its id
+    "start": "inputs",
+    "extract_sessions": "data",
+    "estimate_q": "q",
+    "pretrain": "training",
+    "pretrain_no_logq": "training",
+    "baselines": "baselines",
+    "materialize_ranker_scores": "ranker",
+    "finetune": "training",
+    "join": "results",
+    "report": "report",
+    "end": "champion",
+}
+UI_LIMIT = 4096  # bytes of an artifact the Metaflow UI shows by default
+# Detail that grows with the number of models and epochs; each step's summary has its headline.
+LARGE_DETAIL = {"report", "model_results", "baseline_results", "train_history"}
+
+
 def test_every_step_ran(run):
     steps = {step.id for step in run}
     assert steps == {
@@ -66,11 +86,16 @@ def test_start_stores_the_effective_config(run):
 
 
 def test_extraction_artifacts(run):
+    from recmodel.core.files import read_json
     from recmodel.core.tables import read_table
 
     task = run["extract_sessions"].task
-    queries = task["sql_queries"].data
+    ref = task["sql_queries"].data  # the executed SQL is a JSON document beside the tables
+    assert ref["format"] == "json" and ref["queries"] == len(ref["files"])
+    queries = read_json(ref)
     assert queries and all(q["sql"].strip() and "params" in q for q in queries)
+    later = read_json(run["end"].task["sql_queries"].data)
+    assert later[: len(queries)] == queries and len(later) > len(queries)  # every step's SQL
     summary = task["data_summary"].data
     assert summary["n_users"] > 0 and summary["n_items"] > 0
     targets = read_table(task["test_targets"].data)
@@ -88,13 +113,20 @@ def test_q_table(run):
 
 
 def test_checkpoints_and_history(run):
+    from recmodel.core.files import load_checkpoint
+    from recmodel.core.tables import load_artifact
+
     end = run["end"].task
     for name in ("pretrain_checkpoint", "finetune_checkpoint"):
-        ckpt = end[name].data
-        assert ckpt["safetensors"][:8] and ckpt["model_config"]["d_model"] == 32
+        ref = end[name].data  # the weights are a file beside the tables
+        assert ref["format"] == "safetensors" and ref["model_config"]["d_model"] == 32
+        ckpt = load_checkpoint(ref)
+        assert ckpt["safetensors"][:8] and ckpt == load_artifact(name, run=run)
     history = end["train_history"].data
     assert {"sasrec_pretrain", "sasrec_no_logq", "sasrec_two_stage"} <= set(history)
-    assert all(row["loss"] == row["loss"] for row in history["sasrec_pretrain"])  # no NaN
+    values = [v for rows in history.values() for row in rows for v in row.values()]
+    assert all(v is None or not isinstance(v, float) or math.isfinite(v) for v in values)
+    assert "loss" not in history["sasrec_two_stage"][0]  # the starting model trained no epoch
 
 
 def test_ranker_scores_table(run):
@@ -129,13 +161,49 @@ def _card_payload(html: str) -> str:
     return base64.b64decode(encoded).decode()
 
 
-def test_report_card_renders(run, tmp_path):
-    out = tmp_path / "report.html"
-    cmd = [sys.executable, str(FLOW), "card", "get", f"{run.id}/report", "--id", "report", str(out)]
+def _card(run, step: str, card_id: str, tmp_path) -> str:
+    out = tmp_path / f"{step}.html"
+    cmd = [sys.executable, str(FLOW), "card", "get", f"{run.id}/{step}", "--id", card_id, str(out)]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=os.environ.copy())
-    payload = _card_payload(out.read_text())
+    return _card_payload(out.read_text())
+
+
+def test_report_card_renders(run, tmp_path):
+    payload = _card(run, "report", "report", tmp_path)
     assert "Model comparison on the same test users" in payload
     assert all(model in payload for model in MODELS)
+    tables = [c for c in _components(json.loads(payload)) if c.get("type") == "table"]
+    assert max(len(t["columns"]) for t in tables) <= 7  # fits the UI's card width
+
+
+def _components(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _components(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _components(value)
+
+
+def test_every_step_has_one_card_with_an_id(run):
+    for step, card_id in STEP_CARDS.items():
+        cmd = [sys.executable, str(FLOW), "card", "list", f"{run.id}/{step}", "--as-json"]
+        out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+        listed = json.loads(out.stdout[out.stdout.index("{") :])
+        assert [card["id"] for card in listed["cards"]] == [card_id], step
+
+
+def test_cards_say_what_happened(run, tmp_path):
+    start = _card(run, "start", "inputs", tmp_path)
+    assert "Configuration and inputs" in start and "preset:tiny" in start
+    finetune = _card(run, "finetune", "training", tmp_path)
+    assert "1 epoch trained" in finetune and "0 (start)" in finetune  # the tiny preset: 1 epoch
+    assert "2 epochs trained" in _card(run, "pretrain", "training", tmp_path)
+    end = _card(run, "end", "champion", tmp_path)
+    assert "Champion decision" in end and "query_encoder.pt" in end
+    for payload in (start, finetune, end):
+        assert not re.search(r"\bnan\b", payload, re.IGNORECASE)
 
 
 def test_end_exports_serving_files_and_gates_the_champion(run):
@@ -158,3 +226,102 @@ def test_champion_card_renders(run, tmp_path):
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=os.environ.copy())
     payload = _card_payload(out.read_text())
     assert "Champion gate: not eligible" in payload and "eval.champion_eligible" in payload
+
+
+BLOCKED_IMPORTS = """
+import importlib.abc, json, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    \"\"\"What the Metaflow UI's backend has: Metaflow, but neither this package nor torch.\"\"\"
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("recmodel", "torch"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, Blocked())
+from metaflow import Run, namespace
+
+def builtin_only(value):
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and builtin_only(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(builtin_only(v) for v in value)
+    return type(value) in (str, int, float, bool, bytes, type(None))
+
+namespace(None)
+found = {}
+for step in Run(sys.argv[1]):
+    for task in step:
+        for artifact in task:
+            if artifact.id.startswith("_"):
+                continue
+            key = f"{step.id}/{artifact.id}"
+            try:
+                value = artifact.data
+            except Exception as exc:
+                found[key] = {"error": repr(exc)}
+                continue
+            found[key] = {"size": artifact.size, "builtin": builtin_only(value)}
+            if artifact.id == "summary":
+                found[key]["text"] = value
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="session")
+def artifacts_without_the_code(run, tmp_path_factory):
+    """Every artifact of every step, unpickled where neither recmodel nor torch imports."""
+    script = tmp_path_factory.mktemp("ui") / "read_artifacts.py"
+    script.write_text(textwrap.dedent(BLOCKED_IMPORTS))
+    out = subprocess.run(
+        [sys.executable, str(script), run.pathspec],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=script.parent,  # not the repository: recmodel is not on the path
+        env=os.environ.copy(),
+    )
+    return json.loads(out.stdout)
+
+
+def test_every_artifact_reads_without_the_code_as_builtin_types(artifacts_without_the_code):
+    found = artifacts_without_the_code
+    assert {key.split("/")[0] for key in found} == set(STEP_CARDS)
+    errors = {key: info["error"] for key, info in found.items() if "error" in info}
+    assert not errors
+    assert [key for key, info in found.items() if not info["builtin"]] == []
+
+
+def test_every_step_has_a_small_json_summary(artifacts_without_the_code):
+    found = artifacts_without_the_code
+    for step in STEP_CARDS:
+        summary = found[f"{step}/summary"]
+        assert summary["size"] < UI_LIMIT and len(summary["text"].encode()) < UI_LIMIT, step
+        assert isinstance(json.loads(summary["text"]), dict), step  # strict JSON: no NaN
+    headline = json.loads(found["report/summary"]["text"])
+    assert set(headline["models"]) == set(MODELS)
+    cell = headline["models"]["sasrec_two_stage"]["ndcg@10"]  # "mean [low, high]"
+    mean, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
+    assert low <= mean <= high
+    assert json.loads(found["finetune/summary"]["text"])["epochs_trained"] == 1
+
+
+def test_only_detail_exceeds_the_ui_limit(artifacts_without_the_code):
+    large = {
+        key.split("/")[1]
+        for key, info in artifacts_without_the_code.items()
+        if info.get("size", 0) >= UI_LIMIT
+    }
+    assert large <= LARGE_DETAIL
+
+
+def test_runs_are_tagged_with_preset_and_source(run):
+    assert {"preset:tiny", "source:synthetic"} <= set(run.tags)
+
+
+def test_progress_goes_to_stdout_and_the_headline_ends_the_run(run):
+    extract = run["extract_sessions"].task
+    assert "INFO recmodel" in extract.stdout and "INFO" not in extract.stderr
+    end = run["end"].task.stdout
+    assert "best NDCG@10" in end and "report: " in end and "report.md" in end
+    assert all(model in end for model in MODELS)

@@ -114,3 +114,42 @@ def test_model_colors_never_reuse_the_reference_color():
     assert colors["ref"] == plots.REFERENCE_COLOR
     assert plots.REFERENCE_COLOR not in {colors[n] for n in names[:-1]}
     assert set(colors) == set(names)
+
+
+PRETRAIN = [{"epoch": 0, "loss": 9.0, "ndcg@10": 0.10}, {"epoch": 1, "loss": 7.0, "ndcg@10": 0.12}]
+FINETUNE = [  # row 0 is the starting model: validated, not trained
+    {"epoch": 0, "ndcg@10": 0.12},
+    {"epoch": 1, "loss": 5.3, "pair_loss": 1.4, "softmax_loss": 7.8, "ndcg@10": 0.15},
+]
+
+
+def test_the_pairwise_loss_never_shares_an_axis_with_next_item_losses():
+    panels = plots.curve_panels({"sasrec_pretrain": PRETRAIN, "sasrec_two_stage": FINETUNE})
+    assert [(title, keys) for title, _, keys in panels] == [
+        (
+            "Next-item loss (sampled softmax)",
+            {"sasrec_pretrain": "loss", "sasrec_two_stage": "softmax_loss"},
+        ),
+        ("Pairwise logit loss (finetuning)", {"sasrec_two_stage": "pair_loss"}),
+        ("Validation NDCG@10", {"sasrec_pretrain": "ndcg@10", "sasrec_two_stage": "ndcg@10"}),
+    ]
+    png = plots.training_curves({"sasrec_pretrain": PRETRAIN, "sasrec_two_stage": FINETUNE})
+    assert _pixels(png).shape[1] == round(3 * plots.PANEL_SIZE[0] * plots.DPI)
+    assert [t for t, _, _ in plots.curve_panels({"a": PRETRAIN})] == [
+        "Next-item loss (sampled softmax)",
+        "Validation NDCG@10",
+    ]
+
+
+def test_a_training_card_draws_each_loss_on_its_own_axis():
+    keys = plots.epoch_panel_keys(FINETUNE)
+    assert [k for k, _ in keys] == ["loss", "pair_loss", "softmax_loss", "ndcg@10"]
+    assert len({title for _, title in keys}) == 4
+    assert plots.epoch_panel_keys(PRETRAIN) == [
+        ("loss", "Training loss (sampled softmax)"),
+        ("ndcg@10", "Validation NDCG@10"),
+    ]
+    png = plots.epoch_panels(FINETUNE, "sasrec_two_stage")  # one trained epoch: points
+    height, width, _ = _pixels(png).shape
+    assert width == round(4 * plots.EPOCH_PANEL_SIZE[0] * plots.DPI)
+    assert plots.epoch_panels([], "empty").startswith(PNG_MAGIC)

@@ -12,7 +12,12 @@ import pyarrow.compute  # noqa: F401 (pa.compute)
 import pytest
 
 from recmodel.core.config import EvalConfig
-from recmodel.report.build import build_report, report_card_components, write_report_files
+from recmodel.report.build import (
+    build_report,
+    card_tables,
+    report_card_components,
+    write_report_files,
+)
 from recmodel.report.text import BETTER, SAME, WORSE, pretty_metric
 
 KS = (10, 50, 100)
@@ -355,9 +360,23 @@ def test_card_components_build(random_report):
     rendered = [c.render() for c in components]
     assert isinstance(components[0], Markdown) and "## Protocol" in rendered[0]["source"]
     tables = [r for c, r in zip(components, rendered, strict=True) if isinstance(c, Table)]
-    assert len(tables) == 1 and len(tables[0]["data"]) == len(report.data["models"])
+    assert len(tables) == 2 and all(len(t["data"]) == len(report.data["models"]) for t in tables)
     images = [r for c, r in zip(components, rendered, strict=True) if isinstance(c, Image)]
     assert [r["type"] for r in images] == ["image"] * len(report.figures) == ["image"] * 3
+
+
+def test_card_tables_split_the_results_table_with_the_model_first(random_report):
+    """Twelve columns of intervals overflow a card in the Metaflow UI: two tables instead."""
+    _, report = random_report
+    headers, rows = report.table
+    parts = card_tables(report.table)
+    assert [len(h) for _, (h, _) in parts] == [7, 6]
+    assert all(
+        h[0] == "Model" and [r[0] for r in r_] == [r[0] for r in rows] for _, (h, r_) in parts
+    )
+    first, second = (h for _, (h, _) in parts)
+    assert all(h.startswith(("Recall@", "NDCG@")) for h in first[1:])
+    assert sorted(first[1:] + second[1:]) == sorted(headers[1:])  # every column once
 
 
 def test_figures_are_png_and_files_link_them(random_report, tmp_path: Path):
