@@ -201,7 +201,7 @@ def test_cards_say_what_happened(run, tmp_path):
     assert "1 epoch trained" in finetune and "0 (start)" in finetune  # the tiny preset: 1 epoch
     assert "2 epochs trained" in _card(run, "pretrain", "training", tmp_path)
     end = _card(run, "end", "champion", tmp_path)
-    assert "Champion decision" in end and "query_encoder.pt" in end
+    assert "Champion gate" in end and "query_encoder.pt" in end and "report.md" in end
     for payload in (start, finetune, end):
         assert not re.search(r"\bnan\b", payload, re.IGNORECASE)
 
