@@ -140,7 +140,7 @@ def load_ranker_scores(
     for column, idx in ((C.USER, C.USER_IDX), (C.ITEM, C.ITEM_IDX)):
         unknown = rows.filter(rows[idx].is_null())
         if unknown.num_rows:
-            example = unknown[column][0].as_py()
+            example = unknown[f"{column}_text"][0].as_py()  # as written in the file
             raise InputError(
                 f"{where}, column {column!r}: {unknown.num_rows} of {rows.num_rows} "
                 f"rows have an id that is not in the extracted data (e.g. "
@@ -155,7 +155,8 @@ def load_ranker_scores(
 
 
 def _normalized(con, rel: duckdb.DuckDBPyRelation, user_type: str, item_type: str) -> None:
-    """Register ``ranker_scores_input``: ids in the vocabularies' types, times in seconds."""
+    """Register ``ranker_scores_input``: ids in the vocabularies' types (and as written, as
+    text, for messages: an id of another type casts to NULL), times in seconds."""
     columns = _columns(rel)
     rel.create_view("ranker_scores_raw")
     ts = (
@@ -166,6 +167,7 @@ def _normalized(con, rel: duckdb.DuckDBPyRelation, user_type: str, item_type: st
     # Types come from DESCRIBE and the family checks above, never from the data.
     con.execute(f"""create or replace view ranker_scores_input as select
         try_cast(user_id as {user_type}) as user_id, try_cast(item_id as {item_type}) as item_id,
+        user_id::varchar as user_id_text, item_id::varchar as item_id_text,
         {ts} as request_ts, score::double as score from ranker_scores_raw""")
 
 

@@ -588,6 +588,18 @@ def test_bad_ranker_scores_name_the_file_and_the_column(tmp_path, columns, colum
     assert str(path) in message and repr(column) in message and problem in message
 
 
+@pytest.mark.parametrize(
+    ("columns", "example"),
+    [
+        ({Columns.USER: ["u1", "nobody", "u2"]}, "'nobody'"),
+        ({Columns.ITEM: ["20", "track-9", "30"]}, "'track-9'"),  # text ids, integer vocabulary
+    ],
+)
+def test_an_unknown_id_is_quoted_as_written(tmp_path, columns, example):
+    with pytest.raises(InputError, match=f"e.g. {example}"):
+        load_ranker_scores(_scores_file(tmp_path, **columns), USERS, ITEMS)
+
+
 def test_unknown_ranker_scores_file_type(tmp_path):
     path = tmp_path / "scores.json"
     path.write_text("{}")
