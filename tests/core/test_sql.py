@@ -21,14 +21,23 @@ def test_bound_params_takes_exactly_the_referenced_names():
         bound_params(sql, {"a": 1})
 
 
+def scores_input(users: list[int], items: list[int], scores: list[float]) -> pa.Table:
+    """The view ``ranker_scores_input`` as the import registers it: ids cast and as text."""
+    return pa.table(
+        {
+            "user_id": users,
+            "item_id": items,
+            "user_id_text": [str(u) for u in users],
+            "item_id_text": [str(i) for i in items],
+            "request_ts": list(range(10, 10 + len(users))),
+            "score": scores,
+        }
+    )
+
+
 def test_runner_records_every_file_it_runs():
     con = connect()
-    con.register(
-        "ranker_scores_input",
-        pa.table(
-            {"user_id": [1, 2], "item_id": [5, 6], "request_ts": [10, 11], "score": [0.5, 0.1]}
-        ),
-    )
+    con.register("ranker_scores_input", scores_input([1, 2], [5, 6], [0.5, 0.1]))
     con.register("ranker_user_vocab", pa.table({"user_idx": [0], "user_id": [1]}))
     con.register("ranker_item_vocab", pa.table({"item_idx": [3], "item_id": [5]}))
     runner = SqlRunner(con)
@@ -48,9 +57,7 @@ def test_runners_can_share_one_record_list():
     for _ in range(2):
         con = connect()
         for name, table in {
-            "ranker_scores_input": pa.table(
-                {"user_id": [1], "item_id": [5], "request_ts": [1], "score": [0.0]}
-            ),
+            "ranker_scores_input": scores_input([1], [5], [0.0]),
             "ranker_user_vocab": pa.table({"user_idx": [0], "user_id": [1]}),
             "ranker_item_vocab": pa.table({"item_idx": [1], "item_id": [5]}),
         }.items():
