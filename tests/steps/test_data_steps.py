@@ -33,7 +33,7 @@ def test_ranker_scores_of_users_not_in_the_data_stop_extraction(tmp_path, log):
         extract_sessions(config, inputs, RunTables(root=str(tmp_path / "run")))
     message = str(info.value)
     assert f"ranker scores {str(scores)!r}, column 'user_id': 1 of 1 rows" in message
-    assert "not in the extracted data (e.g. 1000000000)" in message
+    assert "not in the extracted data (e.g. '1000000000')" in message
     assert not (tmp_path / "run").exists()  # nothing published
 
 
