@@ -385,10 +385,10 @@ class EvalConfig(Section):
     chunk_items: int = 65_536  # catalog chunk of the top-k scan (bounds memory)
     bootstrap_samples: int = 1_000
     # Champion gating (recmodel.serving.champion): sasrec_two_stage and the champion on this
-    # run's test users; promoted when the paired 95% interval of the difference on gate_metric
-    # has its lower end at or above -gate_margin.
+    # run's test users; rejected when the paired 95% interval of the difference on gate_metric
+    # lies wholly below -gate_margin (significantly worse by more than it), else promoted.
     gate_metric: str = "ndcg@10"
-    gate_margin: float = 0.005  # how much worse than the champion a run may be shown to be
+    gate_margin: float = 0.005  # how much worse than the champion a run may be
     champion_eligible: bool = True  # false: gated and reported, never tagged champion (smoke tests)
     seed: int = 0
 

@@ -7,10 +7,11 @@ come from the report's code (:mod:`recmodel.report.data`), and the paired bootst
 candidate − champion on ``eval.gate_metric`` (the report's samples, seed and 95% level)
 decides:
 
-    promote when the lower end of the interval is at least ``-eval.gate_margin``
+    reject when the upper end of the interval is below ``-eval.gate_margin``; promote otherwise
 
-that is, when the data show the candidate to be worse by no more than the margin; reject
-otherwise. A tie (the same model) promotes: its interval is ``[0, 0]``.
+that is, the candidate replaces the champion unless the data show it to be worse by more than
+the margin: a retrain is fresher (it knows this week's tracks), so the doubt goes to it. A tie
+(the same model) promotes: its interval is ``[0, 0]``.
 
 **Without a comparison.** The first run of a branch is promoted ("no champion yet"). A champion
 that cannot be scored is not compared with, and the candidate is promoted with the reason in
@@ -98,8 +99,9 @@ def rule_text(metric: str, margin: float) -> str:
     """The rule in one line, as the decision and the card state it."""
     level = round(100 * (1 - ALPHA))
     return (
-        f"promote when the lower end of the {level}% paired bootstrap interval of "
-        f"candidate - champion on {metric}, over the candidate's test users, is >= -{margin:g}"
+        f"reject when the upper end of the {level}% paired bootstrap interval of "
+        f"candidate - champion on {metric}, over the candidate's test users, is below "
+        f"-{margin:g} (significantly worse by more than the margin); promote otherwise"
     )
 
 
@@ -111,11 +113,11 @@ def decide(test: dict[str, float], metric: str, margin: float) -> tuple[bool, st
     """
     if not (math.isfinite(margin) and margin >= 0):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
-    promote = test["lo"] >= -margin
+    promote = test["hi"] >= -margin
     verdict = f">= -{margin:g}: promoted" if promote else f"< -{margin:g}: rejected"
     return promote, (
         f"{metric} candidate - champion {test['diff']:+.4f}, interval "
-        f"[{test['lo']:+.4f}, {test['hi']:+.4f}]; lower end {verdict}"
+        f"[{test['lo']:+.4f}, {test['hi']:+.4f}]; upper end {verdict}"
     )
 
 

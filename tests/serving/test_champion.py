@@ -177,7 +177,8 @@ def test_tags_of_real_runs(tmp_path):
     }
     env["PYTHONPATH"] = str(ROOT)  # this checkout's package, whatever is installed
     ids = []
-    for lo, eligible in ((0.0, True), (-0.02, True), (0.03, False), (-0.004, True)):
+    # intervals [lo, lo + 0.02]: [-0.04, -0.02] is worse by more than the margin
+    for lo, eligible in ((0.0, True), (-0.04, True), (0.03, False), (-0.004, True)):
         options = {"lo": lo, "eligible": eligible}
         with Runner(str(flow), show_output=False, env=env).run(**options) as result:
             assert result.status == "successful", result.stderr

@@ -21,18 +21,20 @@ from tests.serving.test_gate import toy_champion, toy_week
 
 
 def test_rule_exact_at_and_beyond_the_margin():
-    at = decide({"diff": 0.001, "lo": -0.005, "hi": 0.007}, "ndcg@10", 0.005)
+    at = decide({"diff": -0.01, "lo": -0.015, "hi": -0.005}, "ndcg@10", 0.005)
     assert at == (
         True,
-        "ndcg@10 candidate - champion +0.0010, interval [-0.0050, +0.0070]; "
-        "lower end >= -0.005: promoted",
+        "ndcg@10 candidate - champion -0.0100, interval [-0.0150, -0.0050]; "
+        "upper end >= -0.005: promoted",
     )
-    beyond = decide({"diff": 0.001, "lo": -0.0051, "hi": 0.007}, "ndcg@10", 0.005)
+    beyond = decide({"diff": -0.01, "lo": -0.015, "hi": -0.0051}, "ndcg@10", 0.005)
     assert beyond == (
         False,
-        "ndcg@10 candidate - champion +0.0010, interval [-0.0051, +0.0070]; "
-        "lower end < -0.005: rejected",
+        "ndcg@10 candidate - champion -0.0100, interval [-0.0150, -0.0051]; "
+        "upper end < -0.005: rejected",
     )
+    # An interval too wide to tell: not shown to be worse, so promoted.
+    assert decide({"diff": -0.01, "lo": -0.03, "hi": 0.01}, "ndcg@10", 0.005)[0]
 
 
 def test_a_tie_promotes_even_without_a_margin():
@@ -47,19 +49,20 @@ def test_bad_margin_is_rejected(margin):
 
 def test_rule_text_names_the_metric_the_margin_and_the_level():
     assert rule_text("ndcg@10", 0.005) == (
-        "promote when the lower end of the 95% paired bootstrap interval of candidate - "
-        "champion on ndcg@10, over the candidate's test users, is >= -0.005"
+        "reject when the upper end of the 95% paired bootstrap interval of candidate - "
+        "champion on ndcg@10, over the candidate's test users, is below -0.005 "
+        "(significantly worse by more than the margin); promote otherwise"
     )
 
 
-def plain_lower_end(a: np.ndarray, b: np.ndarray, n_samples: int, seed: int) -> float:
-    """The 2.5% quantile of resampled mean differences, one replicate at a time."""
+def plain_interval(a: np.ndarray, b: np.ndarray, n_samples: int, seed: int) -> tuple[float, float]:
+    """The 2.5% and 97.5% quantiles of resampled mean differences, one replicate at a time."""
     rng = np.random.default_rng(seed)
     means = []
     for _ in range(n_samples):
         idx = np.minimum((rng.random(len(a)) * len(a)).astype(np.int64), len(a) - 1)
         means.append(float(np.mean(a[idx] - b[idx])))
-    return float(np.quantile(means, 0.025))
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def per_user(values) -> ModelEval:
@@ -78,9 +81,10 @@ def test_the_decision_is_the_plain_rule_on_the_reports_paired_bootstrap(
     a, b = np.array(candidate[:n]), np.array(champion[:n])
     cfg = EvalConfig(bootstrap_samples=200, seed=4)
     test = compare(per_user(a), per_user(b), ["ndcg@10"], cfg)["ndcg@10"]
-    lower = plain_lower_end(a, b, 200, 4)
+    lower, upper = plain_interval(a, b, 200, 4)
     assert test["lo"] == pytest.approx(lower, abs=1e-12)
-    assert decide(test, "ndcg@10", margin)[0] == (lower >= -margin)
+    assert test["hi"] == pytest.approx(upper, abs=1e-12)
+    assert decide(test, "ndcg@10", margin)[0] == (upper >= -margin)
 
 
 TEMPORAL = {
@@ -174,12 +178,24 @@ def test_better_on_one_listener_and_equal_on_the_others_promotes_exactly(toy_loa
     }
 
 
-def test_worse_on_two_of_three_listeners_rejects(toy_loader):
+def test_worse_on_two_of_three_listeners_cannot_be_told_from_a_tie(toy_loader):
     recs = candidate_recs({"a": [10], "b": [10], "c": [10]})  # hits c only
     result = judge(toy_week(), recs, TEMPORAL, champion_run(), CFG)
+    # A resample of three listeners can draw c alone (a tie) often enough for the upper end.
+    assert result.compared and result.promote
+    assert result.delta == pytest.approx(-2 / 3) and result.interval[1] >= -CFG.gate_margin
+    assert result.reason.endswith("upper end >= -0.005: promoted")
+
+
+def test_worse_on_every_listener_rejects(toy_loader):
+    # In its top 10 the toy champion has every track it shares with this run (30, 10, 20):
+    # it hits a (30), b (20) and c (10). The candidate's single tracks miss all three.
+    cfg = EvalConfig(ks=(10,), gate_metric="hitrate@10", bootstrap_samples=200, seed=1)
+    recs = candidate_recs({"a": [10], "b": [30], "c": [20]})
+    result = judge(toy_week(), recs, TEMPORAL, champion_run(), cfg)
     assert result.compared and not result.promote
-    assert result.delta == pytest.approx(-2 / 3) and result.interval[0] < -CFG.gate_margin
-    assert result.reason.endswith("< -0.005: rejected")
+    assert result.delta == pytest.approx(-1.0) and result.interval == [-1.0, -1.0]
+    assert result.reason.endswith("upper end < -0.005: rejected")
 
 
 def test_no_champion_yet_promotes():

@@ -79,7 +79,7 @@ def test_ranker_card_orders_importances():
 COMPARED = {
     "promote": False,
     "reason": "ndcg@10 candidate - champion -0.0561, interval [-0.0768, -0.0368]; "
-    "lower end < -0.005: rejected",
+    "upper end < -0.005: rejected",
     "rule": "promote when ...",
     "metric": "ndcg@10",
     "margin": 0.005,
