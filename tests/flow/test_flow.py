@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPORT_MODELS
+
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOW = ROOT / "flows" / "two_stage.py"
-MODELS = (
-    "popularity",
-    "user_popular",
-    "user_recent",
-    "itemknn",
-    "als",
-    "sasrec_no_logq",
-    "sasrec_pretrain",
-    "sasrec_two_stage",
-    "two_stage_ranked",
-)
 
 
 @pytest.fixture(scope="session")
@@ -141,13 +132,13 @@ def test_recommendations_cover_every_model(run):
     from recmodel.core.tables import load_artifact
 
     recs = load_artifact("recommendations", run=run)
-    assert set(recs.column("model").to_pylist()) == set(MODELS)
+    assert set(recs.column("model").to_pylist()) == set(REPORT_MODELS)
     assert max(recs.column("rank").to_pylist()) == 100
 
 
 def test_report(run):
     report = run["end"].task["report"].data
-    assert set(report["metrics"]) == set(MODELS)
+    assert set(report["metrics"]) == set(REPORT_MODELS)
     for metrics in report["metrics"].values():
         assert 0.0 <= metrics["ndcg@10"] <= 1.0
         assert 0.0 <= metrics["recall@100"] <= 1.0
@@ -171,7 +162,7 @@ def _card(run, step: str, card_id: str, tmp_path) -> str:
 def test_report_card_renders(run, tmp_path):
     payload = _card(run, "report", "report", tmp_path)
     assert "Model comparison on the same test users" in payload
-    assert all(model in payload for model in MODELS)
+    assert all(model in payload for model in REPORT_MODELS)
     tables = [c for c in _components(json.loads(payload)) if c.get("type") == "table"]
     assert max(len(t["columns"]) for t in tables) <= 7  # fits the UI's card width
 
@@ -299,7 +290,7 @@ def test_every_step_has_a_small_json_summary(artifacts_without_the_code):
         assert summary["size"] < UI_LIMIT and len(summary["text"].encode()) < UI_LIMIT, step
         assert isinstance(json.loads(summary["text"]), dict), step  # strict JSON: no NaN
     headline = json.loads(found["report/summary"]["text"])
-    assert set(headline["models"]) == set(MODELS)
+    assert set(headline["models"]) == set(REPORT_MODELS)
     cell = headline["models"]["sasrec_two_stage"]["ndcg@10"]  # "mean [low, high]"
     mean, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
     assert low <= mean <= high
@@ -324,4 +315,4 @@ def test_progress_goes_to_stdout_and_the_headline_ends_the_run(run):
     assert "INFO recmodel" in extract.stdout and "INFO" not in extract.stderr
     end = run["end"].task.stdout
     assert "best NDCG@10" in end and "report: " in end and "report.md" in end
-    assert all(model in end for model in MODELS)
+    assert all(model in end for model in REPORT_MODELS)

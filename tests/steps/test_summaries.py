@@ -19,18 +19,7 @@ from recmodel.steps.summaries import (
     to_summary,
     training_summary,
 )
-
-NINE_MODELS = (
-    "popularity",
-    "user_popular",
-    "user_recent",
-    "itemknn",
-    "als",
-    "sasrec_no_logq",
-    "sasrec_pretrain",
-    "sasrec_two_stage",
-    "two_stage_ranked",
-)
+from tests.helpers import REPORT_MODELS
 
 
 def _read(text: str) -> dict:
@@ -119,7 +108,7 @@ def test_ranker_summary_names_the_strongest_features():
     assert out["top_features"] == ["f8", "f7", "f6", "f5", "f4"] and out["score_rows"] == 100
 
 
-def _report(models=NINE_MODELS) -> dict:
+def _report(models=REPORT_MODELS) -> dict:
     metrics = {
         m: {"ndcg@10": 0.1 + i / 100, "recall@100": 0.3 + i / 100} for i, m in enumerate(models)
     }
@@ -145,7 +134,7 @@ def _report(models=NINE_MODELS) -> dict:
 
 def test_report_summary_is_the_headline_of_nine_models_under_the_limit():
     out = _read(report_summary(_report(), {"markdown": "/runs/1/report.md"}))
-    assert list(out["models"]) == list(NINE_MODELS)
+    assert list(out["models"]) == list(REPORT_MODELS)
     assert out["models"]["als"] == {
         "ndcg@10": "0.1400 [0.1277, 0.1523]",
         "recall@100": "0.3400 [0.3277, 0.3523]",
@@ -161,7 +150,7 @@ def test_headline_text_lists_every_model_and_the_winners():
     text = headline_text(report_summary(_report(), {"markdown": "/runs/1/report.md"}))
     lines = text.splitlines()
     assert lines[0] == "Results on 1,234 test users (mean [95% bootstrap interval]):"
-    assert all(any(line.startswith(m) for line in lines) for m in NINE_MODELS)
+    assert all(any(line.startswith(m) for line in lines) for m in REPORT_MODELS)
     assert "best NDCG@10: two_stage_ranked; best Recall@100: two_stage_ranked" in lines
     assert lines[-1] == "report: /runs/1/report.md"
 
