@@ -6,12 +6,14 @@ Every step is one call into :mod:`recmodel.steps`; see README.md for the protoco
 stores a ``summary`` artifact (a small JSON text for the Metaflow UI) and a card with an id.
 """
 
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from metaflow import (  # noqa: E402
+    Config,
     FlowSpec,
     JSONType,
     Parameter,
@@ -27,6 +29,7 @@ from metaflow import (  # noqa: E402
 )
 
 from recmodel.core.logs import setup_logging  # noqa: E402 (after the path above)
+from recmodel.core.presets import parse_resources  # noqa: E402
 
 setup_logging()  # progress and results on the tasks' stdout, errors on their stderr
 
@@ -59,6 +62,16 @@ class TwoStageFlow(FlowSpec):
                                 |
                                end
     """
+
+    # The pods of every step (CPUs, memory, disk, GPUs) from a preset's [resources] table,
+    # fixed when the run starts or the flow is deployed: the default preset's, or another's with
+    # ``python flows/two_stage.py --config-value resources large run --preset large``.
+    pods = Config(
+        "resources",
+        default_value="default",
+        parser=parse_resources,
+        help="Preset whose [resources] size the steps' pods (a name in configs/ or a path).",
+    )
 
     preset = Parameter(
         "preset",
@@ -96,6 +109,7 @@ class TwoStageFlow(FlowSpec):
     )
 
     @card(type="blank", id="inputs")
+    @resources(**pods.steps.start)
     @step
     def start(self):
         """Resolve the configuration and validate the input before anything expensive."""
@@ -110,6 +124,7 @@ class TwoStageFlow(FlowSpec):
             self.events,
             self.items,
             self.ranker_scores_path,
+            pods=json.loads(json.dumps(self.pods)),  # a plain dict of the Config's value
         )
         self.config, self.inputs, self.input_checks = resolved
         self.warm_start_run = resolve_warm_start(self.warm_start, current.flow_name)
@@ -122,7 +137,7 @@ class TwoStageFlow(FlowSpec):
     @card(type="blank", id="data")
     @retry(times=2)
     @timeout(hours=4)
-    @resources(memory=8_000, cpu=2)
+    @resources(**pods.steps.extract_sessions)
     @step
     def extract_sessions(self):
         """DuckDB SQL: clean, sessionize, filter, split and index the listening events."""
@@ -140,6 +155,7 @@ class TwoStageFlow(FlowSpec):
         self.next(self.estimate_q)
 
     @card(type="blank", id="q")
+    @resources(**pods.steps.estimate_q)
     @step
     def estimate_q(self):
         """The Q table: smoothed item frequencies that negatives are drawn from."""
@@ -158,7 +174,7 @@ class TwoStageFlow(FlowSpec):
     @card(type="blank", id="training", refresh_interval=5)
     @retry(times=1)
     @timeout(hours=12)
-    @resources(gpu=1, memory=16_000, cpu=4)
+    @resources(**pods.steps.pretrain)
     @step
     def pretrain(self):
         """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
@@ -181,7 +197,7 @@ class TwoStageFlow(FlowSpec):
     @card(type="blank", id="training", refresh_interval=5)
     @retry(times=1)
     @timeout(hours=12)
-    @resources(gpu=1, memory=16_000, cpu=4)
+    @resources(**pods.steps.pretrain_no_logq)
     @step
     def pretrain_no_logq(self):
         """The single-stage baseline: the same model and budget without logQ correction."""
@@ -203,7 +219,7 @@ class TwoStageFlow(FlowSpec):
 
     @card(type="blank", id="baselines")
     @timeout(hours=6)
-    @resources(memory=8_000, cpu=2)
+    @resources(**pods.steps.baselines)
     @step
     def baselines(self):
         """Popularity, the user's own favourites, item-kNN and implicit ALS."""
@@ -218,7 +234,7 @@ class TwoStageFlow(FlowSpec):
         self.next(self.join)
 
     @card(type="blank", id="ranker")
-    @resources(gpu=1, memory=16_000, cpu=4)
+    @resources(**pods.steps.materialize_ranker_scores)
     @step
     def materialize_ranker_scores(self):
         """Score the retriever's candidates with the ranker (or import a production table)."""
@@ -239,7 +255,7 @@ class TwoStageFlow(FlowSpec):
     @card(type="blank", id="training", refresh_interval=5)
     @retry(times=1)
     @timeout(hours=6)
-    @resources(gpu=1, memory=16_000, cpu=4)
+    @resources(**pods.steps.finetune)
     @step
     def finetune(self):
         """Distil the ranker into the retriever with the pairwise logit loss."""
@@ -261,6 +277,7 @@ class TwoStageFlow(FlowSpec):
         self.next(self.join)
 
     @card(type="blank", id="results")
+    @resources(**pods.steps.join)
     @step
     def join(self, inputs):
         """Gather every branch's results into one dict and one recommendations table."""
@@ -304,6 +321,7 @@ class TwoStageFlow(FlowSpec):
         self.next(self.report)
 
     @card(type="blank", id="report")
+    @resources(**pods.steps.report)
     @step
     def report(self):
         """Recall@k and NDCG@k of every model on the same test users, with intervals."""
@@ -328,7 +346,7 @@ class TwoStageFlow(FlowSpec):
         self.next(self.end)
 
     @card(type="blank", id="champion")
-    @resources(memory=8_000, cpu=2)  # the gate loads the test users' histories, as baselines do
+    @resources(**pods.steps.end)
     @step
     def end(self):
         """Export the retriever for serving, then gate it against the branch's champion."""

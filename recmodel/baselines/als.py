@@ -26,6 +26,28 @@ def confidence(plays: sp.csr_matrix, alpha: float) -> sp.csr_matrix:
     return conf
 
 
+INT32_MAX = 2**31 - 1
+
+
+def for_gpu(matrix: sp.csr_matrix) -> tuple[sp.csr_matrix | None, str]:
+    """``matrix`` as implicit's GPU ALS takes it (int32 ``indptr`` and ``indices``), or None
+    and why not: more than 2**31 - 1 entries, rows or columns cannot be indexed in int32.
+    scipy gives int64 indices to a matrix built from int64 arrays even when they fit."""
+    too_big = matrix.nnz > INT32_MAX or max(matrix.shape) > INT32_MAX
+    if too_big:
+        return None, (
+            f"implicit's GPU ALS indexes the play matrix in int32; this one has "
+            f"{matrix.nnz:,} entries and shape {matrix.shape}"
+        )
+    if matrix.indptr.dtype == np.int32 and matrix.indices.dtype == np.int32:
+        return matrix, ""
+    narrow = sp.csr_matrix(matrix.shape, dtype=matrix.dtype)
+    narrow.data = matrix.data
+    narrow.indices = matrix.indices.astype(np.int32)
+    narrow.indptr = matrix.indptr.astype(np.int32)
+    return narrow, ""
+
+
 class ALS(Recommender):
     """Weighted matrix factorization of play counts, fit by alternating least squares.
 
@@ -87,6 +109,12 @@ class ALS(Recommender):
         from implicit.gpu import HAS_CUDA
 
         use_gpu = HAS_CUDA if self.use_gpu is None else self.use_gpu
+        weights = confidence(plays, alpha)
+        if use_gpu:
+            weights, why_not = for_gpu(weights)
+            if weights is None:
+                log.warning("ALS fits on the CPU: %s", why_not)
+                weights, use_gpu = confidence(plays, alpha), False
         with implicit_scope():
             model = AlternatingLeastSquares(
                 factors=factors,
@@ -97,7 +125,7 @@ class ALS(Recommender):
                 use_gpu=use_gpu,
                 **({} if use_gpu else {"num_threads": self.num_threads}),
             )
-            model.fit(confidence(plays, alpha), show_progress=False)
+            model.fit(weights, show_progress=False)
         return model.to_cpu() if use_gpu else model
 
     def _candidates(

@@ -15,7 +15,29 @@ from recmodel.baselines.base import (
 from recmodel.core.dataset import Dataset, UserItems
 
 WEIGHTINGS = ("cosine", "bm25", "tfidf")
-USER_CHUNK = 4_096  # query users scored per sparse product (bounds its memory)
+# A chunk of users is scored by one sparse product; its entries (an index pair and a score,
+# then int64 copies while the top-k is taken: about 32 B each) are bounded by this budget.
+CHUNK_BYTES = 2**30
+ENTRY_BYTES = 32
+
+
+def user_chunks(
+    plays: sp.csr_matrix, neighbours: int, budget_bytes: int = CHUNK_BYTES
+) -> list[tuple[int, int]]:
+    """Consecutive user ranges ``[lo, hi)`` whose product ``plays[lo:hi] @ sim`` has at most
+    ``budget_bytes`` of entries: a user with ``h`` distinct tracks gets at most
+    ``min(N + 1, h * neighbours)`` scores. A user whose bound alone exceeds it is a chunk."""
+    bound = np.minimum(plays.shape[1], np.diff(plays.indptr).astype(np.int64) * neighbours)
+    ends = np.cumsum(bound)
+    budget = max(budget_bytes // ENTRY_BYTES, 1)
+    chunks, lo = [], 0
+    while lo < plays.shape[0]:
+        before = ends[lo - 1] if lo else 0
+        hi = int(np.searchsorted(ends, before + budget, side="right"))
+        hi = max(hi, lo + 1)
+        chunks.append((lo, hi))
+        lo = hi
+    return chunks or [(0, 0)]
 
 
 class ItemKNN(Recommender):
@@ -31,11 +53,18 @@ class ItemKNN(Recommender):
         neighbours: similar tracks kept per track (implicit's ``K``).
         weighting: ``"cosine"``, ``"bm25"`` or ``"tfidf"`` weighting of the play counts.
         num_threads: implicit's threads for the similarity (0 = every core).
+        chunk_bytes: memory budget of one chunk's sparse product (:func:`user_chunks`).
     """
 
     name = "itemknn"
 
-    def __init__(self, neighbours: int = 100, weighting: str = "bm25", num_threads: int = 0):
+    def __init__(
+        self,
+        neighbours: int = 100,
+        weighting: str = "bm25",
+        num_threads: int = 0,
+        chunk_bytes: int = CHUNK_BYTES,
+    ):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"itemknn weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -44,6 +73,7 @@ class ItemKNN(Recommender):
         self.neighbours = neighbours
         self.weighting = weighting
         self.num_threads = num_threads
+        self.chunk_bytes = chunk_bytes
         self.similarity = sp.csr_matrix((1, 1), dtype=np.float32)  # [N + 1, N + 1] after fit
 
     @property
@@ -70,8 +100,8 @@ class ItemKNN(Recommender):
     ) -> tuple[np.ndarray, np.ndarray]:
         plays = play_matrix(query, self.n_items)  # [U, N + 1]
         parts = [
-            self._score_chunk(plays[lo : lo + USER_CHUNK], k, filter_seen)
-            for lo in range(0, max(query.n_users, 1), USER_CHUNK)
+            self._score_chunk(plays[lo:hi], k, filter_seen)
+            for lo, hi in user_chunks(plays, self.neighbours, self.chunk_bytes)
         ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recmodel.core.config import ConfigError, PipelineConfig
+from recmodel.core.resources import preset_resources, read_resources
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,10 @@ def from_dict(data: Any, name: str = "custom", where: str = "config") -> Pipelin
         raise ConfigError(f"{where}: expected a table of sections, got {type(data).__name__}")
     sections = _sections()
     for key in data:
-        if key not in sections and key != "name":
+        if key not in sections and key not in ("name", "resources"):
             raise _unknown("section", key, sorted(sections), where)
+    if "resources" in data:  # the pods: read by the flow's Config, checked here as well
+        read_resources(data["resources"], where)
     built = {
         key: build_section(cls, data.get(key, {}), key, where) for key, cls in sections.items()
     }
@@ -130,6 +133,11 @@ def with_overrides(
     merged: dict[str, Any] = {"name": cfg.name}
     sections = _sections()
     for key, values in overrides.items():
+        if key == "resources":
+            raise ConfigError(
+                f"{where}: [resources] is fixed when the flow starts (the steps' pods): give "
+                "it with --config-value resources PRESET before 'run'"
+            )
         if key not in sections:
             raise _unknown("section", key, sorted(sections), where)
         if not isinstance(values, dict):
@@ -153,6 +161,15 @@ def resolve_preset(preset: str) -> Path:
     return candidate
 
 
+def read_preset_file(path: Path) -> dict[str, Any]:
+    """A preset file's tables, or a :class:`ConfigError` that names the file."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset file {str(path)!r} is not valid TOML: {exc}") from None
+
+
 def load_preset(preset: str = "default") -> PipelineConfig:
     """Load a TOML preset by name or path.
 
@@ -161,9 +178,31 @@ def load_preset(preset: str = "default") -> PipelineConfig:
             message names the file.
     """
     path = resolve_preset(preset)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"preset file {str(path)!r} is not valid TOML: {exc}") from None
+    data = read_preset_file(path)
     return from_dict(data, name=data.get("name", path.stem), where=f"preset file {str(path)!r}")
+
+
+def parse_resources(text: str) -> dict[str, Any]:
+    """Parser of the flow's ``resources`` Config: a preset's name, or a preset file's text.
+
+    ``python flows/two_stage.py --config-value resources large run --preset large`` or
+    ``--config resources configs/large.toml`` give the pods of ``large``; a JSON object
+    ``{"steps": {...}}`` (as ``--config-value`` takes) is read as the ``[resources]`` table.
+    """
+    text = text.strip()
+    if text.startswith('"'):  # a Config's default value arrives JSON-quoted
+        text = json.loads(text)
+    if "\n" not in text and "=" not in text and not text.startswith("{"):
+        path = resolve_preset(text)
+        data = read_preset_file(path)
+        name, where = data.get("name", path.stem), f"preset file {str(path)!r}"
+    elif text.startswith("{"):
+        data = {"resources": json.loads(text)}
+        name, where = "custom", "--config-value resources"
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config resources: not a valid preset file: {exc}") from None
+        name, where = data.get("name", "custom"), "--config resources"
+    return preset_resources(data, where).to_config(name)

@@ -14,6 +14,7 @@ from typing import Any
 
 from recmodel.core.columns import Columns
 from recmodel.core.config import PipelineConfig
+from recmodel.core.footprint import run_problems
 from recmodel.core.presets import load_preset, with_overrides
 from recmodel.core.tables import local_path, read_table
 from recmodel.ingest.checks import validate_source
@@ -31,9 +32,18 @@ SYNTHETIC = "synthetic"  # inputs["kind"] of the built-in generator
 
 @stops_on_bad_input
 def start(
-    preset: str, overrides: dict, source: str, events: str, items: str, ranker_scores: str
+    preset: str,
+    overrides: dict,
+    source: str,
+    events: str,
+    items: str,
+    ranker_scores: str,
+    pods: dict | None = None,
 ) -> tuple[dict, dict, dict]:
     """Resolve the configuration and validate every input before anything expensive.
+
+    ``pods`` (the flow's ``resources`` Config) is checked against the memory model of each
+    step at the input's size: a pod too small is a warning (local runs do not use pods).
 
     Returns:
         ``(config, inputs, checks)``: the effective configuration as a dict, the resolved
@@ -61,6 +71,12 @@ def start(
         from recmodel.ranker.score_tables import check_ranker_scores_file
 
         checks["ranker_scores"] = check_ranker_scores_file(ranker_scores)
+    if pods is not None:
+        rows = checks.get("source", {}).get("rows_in_files")
+        checks["warnings"] += [
+            f"pods of the {pods['preset']!r} resources (--config-value resources): {problem}"
+            for problem in run_problems(cfg, pods, not events, rows)
+        ]
     for warning in checks["warnings"]:
         log.warning(warning)
     return cfg.to_dict(), inputs, checks

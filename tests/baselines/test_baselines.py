@@ -7,8 +7,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from recmodel.baselines.als import ALS
+import recmodel.baselines.als as als_module
+from recmodel.baselines.als import ALS, for_gpu
 from recmodel.baselines.base import (
     EMPTY,
     Recommender,
@@ -17,7 +19,7 @@ from recmodel.baselines.base import (
     play_matrix,
     top_k_per_row,
 )
-from recmodel.baselines.knn import ItemKNN
+from recmodel.baselines.knn import ENTRY_BYTES, ItemKNN, user_chunks
 from recmodel.baselines.registry import (
     BASELINES,
     Baseline,
@@ -309,6 +311,43 @@ def test_itemknn_cosine_equals_brute_force(filter_seen):
     np.testing.assert_allclose(scores, expected[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_user_chunks_cover_every_user_within_the_budget(seed):
+    rng = np.random.default_rng(seed)
+    n_users, n_items, neighbours = int(rng.integers(1, 60)), 40, int(rng.integers(1, 8))
+    histories = make_histories(
+        [rng.integers(1, n_items + 1, rng.integers(0, 12)).tolist() for _ in range(n_users)]
+    )
+    plays = play_matrix(histories, n_items)
+    budget = int(rng.integers(1, 200)) * ENTRY_BYTES
+    chunks = user_chunks(plays, neighbours, budget)
+    assert [lo for lo, _ in chunks] == [0] + [hi for _, hi in chunks[:-1]]
+    assert chunks[-1][1] == n_users and all(hi > lo for lo, hi in chunks)
+    for lo, hi in chunks:
+        bound = sum(
+            min(n_items + 1, len(set(histories.row(u).tolist())) * neighbours)
+            for u in range(lo, hi)
+        )
+        assert bound * ENTRY_BYTES <= budget or hi == lo + 1  # a user above it is alone
+        if hi < n_users:  # the next user would not have fitted (chunks are as long as they can)
+            extra = min(n_items + 1, len(set(histories.row(hi).tolist())) * neighbours)
+            assert (bound + extra) * ENTRY_BYTES > budget
+
+
+@pytest.mark.parametrize("filter_seen", [False, True])
+def test_itemknn_in_small_chunks_equals_one_chunk(filter_seen):
+    data = random_dataset(seed=9, n_users=60)
+    histories, users = data.history(TEST), np.arange(data.n_users)
+    whole = ItemKNN(neighbours=5, weighting="bm25", num_threads=1).fit(data)
+    small = ItemKNN(neighbours=5, weighting="bm25", num_threads=1, chunk_bytes=64 * ENTRY_BYTES)
+    small.fit(data)
+    assert len(user_chunks(play_matrix(histories, data.n_items), 5, small.chunk_bytes)) > 10
+    expected = whole.recommend(histories, users, 10, filter_seen=filter_seen)
+    got = small.recommend(histories, users, 10, filter_seen=filter_seen)
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+
+
 def test_itemknn_bm25_equals_implicit_per_user_recommend():
     data = random_dataset(seed=6)
     model = ItemKNN(neighbours=5, weighting="bm25", num_threads=1).fit(data)
@@ -374,6 +413,42 @@ def test_als_is_deterministic_and_blind_to_later_windows():
     first, second = small_als().fit(data), small_als().fit(data)
     np.testing.assert_array_equal(first._model.item_factors, second._model.item_factors)
     np.testing.assert_array_equal(first._model.item_factors[5], 0.0)  # played after training
+
+
+def test_for_gpu_narrows_int64_indices_and_keeps_the_matrix():
+    rng = np.random.default_rng(3)
+    dense = (rng.random((7, 9)) < 0.3) * rng.random((7, 9)).astype(np.float32)
+    wide = sp.csr_matrix(dense)
+    wide.indices, wide.indptr = wide.indices.astype(np.int64), wide.indptr.astype(np.int64)
+    narrow, why = for_gpu(wide)
+    assert why == "" and narrow.indices.dtype == np.int32 and narrow.indptr.dtype == np.int32
+    np.testing.assert_array_equal(narrow.toarray(), dense)
+    assert for_gpu(narrow)[0] is narrow  # already int32: the same matrix
+
+
+class Shape:
+    """The attributes ``for_gpu`` reads, of a matrix too large to allocate here."""
+
+    def __init__(self, nnz: int, shape: tuple[int, int]):
+        self.nnz, self.shape = nnz, shape
+
+
+@pytest.mark.parametrize(
+    "matrix", [Shape(2**31, (10, 10)), Shape(5, (2**31, 3)), Shape(5, (3, 2**31 + 7))]
+)
+def test_for_gpu_refuses_what_int32_cannot_index(matrix):
+    narrow, why = for_gpu(matrix)
+    assert narrow is None and "int32" in why and f"{matrix.nnz:,} entries" in why
+
+
+def test_als_falls_back_to_the_cpu_when_the_gpu_cannot_take_the_matrix(monkeypatch, caplog):
+    data = two_blocks()
+    monkeypatch.setattr(als_module, "for_gpu", lambda m: (None, "too many entries"))
+    with caplog.at_level(logging.WARNING, logger="recmodel.baselines.als"):
+        forced = small_als(use_gpu=True).fit(data)
+    assert "ALS fits on the CPU: too many entries" in caplog.text
+    cpu = small_als(use_gpu=False).fit(data)
+    np.testing.assert_array_equal(forced._model.item_factors, cpu._model.item_factors)
 
 
 def test_fit_before_reads_exactly_the_earlier_windows():

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recmodel.core.presets import parse_resources
+from recmodel.core.resources import STEPS
 from recmodel.retriever.train_state import TrainStateStore
 
 pytestmark = pytest.mark.slow
@@ -49,8 +51,7 @@ def s3_endpoint():
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def template(s3_endpoint):
+def compile_template(s3_endpoint, *options: str) -> dict:
     """The WorkflowTemplate of a production deployment with retries on every step."""
     pytest.importorskip("kubernetes", reason="metaflow's Argo Workflows plugin imports it")
     endpoint, _ = s3_endpoint
@@ -69,6 +70,7 @@ def template(s3_endpoint):
     cmd = [
         sys.executable,
         str(FLOW),
+        *options,
         "--production",
         "--with",
         "retry",
@@ -81,6 +83,17 @@ def template(s3_endpoint):
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def template(s3_endpoint):
+    return compile_template(s3_endpoint)
+
+
+@pytest.fixture(scope="module")
+def large_template(s3_endpoint):
+    """Deployed with the large preset's pods."""
+    return compile_template(s3_endpoint, "--config-value", "resources", "large")
 
 
 def step_templates(template):
@@ -112,6 +125,31 @@ def test_training_steps_request_a_gpu_and_the_rest_do_not(template):
         assert gpus.get("nvidia.com/gpu") == ("1" if name in GPU_STEPS else None), name
         assert step["container"]["image"] == IMAGE, name
     assert steps["pretrain"]["container"]["resources"]["requests"]["memory"].startswith("16000")
+
+
+def pods(template) -> dict[str, dict[str, float]]:
+    """Each step's requests by its flow name, in CPUs and MB (Argo writes "2" or "4096.0M")."""
+    return {
+        name.replace("-", "_"): {
+            key: float(value.removesuffix("M"))
+            for key, value in step["container"]["resources"]["requests"].items()
+        }
+        for name, step in step_templates(template).items()
+        if name.replace("-", "_") in STEPS  # not Argo's own hooks
+    }
+
+
+@pytest.mark.parametrize("preset", ["default", "large"])
+def test_every_pod_is_sized_by_the_presets_resources(preset, template, large_template):
+    deployed = pods(template if preset == "default" else large_template)
+    assert set(deployed) == set(STEPS)
+    for name, args in parse_resources(preset)["steps"].items():
+        assert deployed[name]["cpu"] == args["cpu"], name
+        assert deployed[name]["memory"] == args["memory"], name
+        assert deployed[name]["ephemeral-storage"] == args["disk"], name
+    if preset == "large":  # not the default preset's pods
+        assert deployed["extract_sessions"]["memory"] == 16_000
+        assert deployed["extract_sessions"]["cpu"] == 8
 
 
 def test_retries_and_timeouts(template):

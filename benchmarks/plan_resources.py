@@ -1,0 +1,65 @@
+"""Each step's memory, disk and GPU memory by the memory model, beside a preset's pods.
+
+    python benchmarks/plan_resources.py                          # every preset, its own size
+    python benchmarks/plan_resources.py --preset large --events 500000000
+    python benchmarks/plan_resources.py --preset large --pods default
+
+The size is the preset's planned one (the generator's log for its [synthetic] settings, or
+``resources.events``) unless ``--events`` gives raw events, with Yambda's users and tracks per
+event. Nothing is run: the figures are recmodel.core.footprint's model (docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from recmodel.core.footprint import (
+    check,
+    planned_sizes,
+    requirements,
+    yambda_shaped,
+)
+from recmodel.core.presets import (
+    CONFIG_DIR,
+    load_preset,
+    read_preset_file,
+    resolve_preset,
+)
+from recmodel.core.resources import (
+    preset_resources,
+)
+
+
+def table(preset: str, pods: str, events: int | None) -> None:
+    cfg = load_preset(preset)
+    resources = preset_resources(read_preset_file(resolve_preset(pods)), pods)
+    sizes = planned_sizes(cfg, resources) if events is None else yambda_shaped(events)
+    gpus = {name: step.gpu for name, step in resources.steps.items()}
+    print(
+        f"\n### preset {preset!r} on the pods of {pods!r}: {sizes.raw_events:,} raw events, "
+        f"{sizes.users:,} users, {sizes.tracks:,} tracks\n"
+    )
+    print("| step | memory needed / pod (MB) | disk needed / pod (MB) | GPU memory needed / GPU |")
+    print("|---|--:|--:|--:|")
+    for name, need in requirements(cfg, sizes, gpus).items():
+        pod = resources.steps[name]
+        gpu = f"{need.gpu_memory:,} / {pod.gpu_memory:,}" if pod.gpu else "-"
+        print(
+            f"| {name} | {need.memory:,} / {pod.memory:,} | {need.disk:,} / {pod.disk:,} | {gpu} |"
+        )
+    problems = check(cfg, resources, sizes)
+    print("\n" + ("\n".join(f"- {p}" for p in problems) if problems else "every step fits"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", action="append", help="preset(s); default: every one")
+    parser.add_argument("--pods", help="the preset whose [resources] to use (default: its own)")
+    parser.add_argument("--events", type=int, help="raw events (default: the planned size)")
+    args = parser.parse_args()
+    for preset in args.preset or sorted(p.stem for p in CONFIG_DIR.glob("*.toml")):
+        table(preset, args.pods or preset, args.events)
+
+
+if __name__ == "__main__":
+    main()

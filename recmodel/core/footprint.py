@@ -1,0 +1,232 @@
+"""The memory model: each step's peak host memory, disk and GPU memory at a data size.
+
+:func:`requirements` takes a preset's settings and the data's size (raw events, users,
+tracks); its constants are measured on this code (``docs/benchmarks.md``) or derived from the
+arrays each step allocates, and ``docs/scale.md`` lists each with its source. :func:`check`
+compares it with the pods of a preset's ``[resources]``; ``tests/core/test_resources.py`` runs
+it on every preset in ``configs/``, and the ``start`` step on every run (:func:`run_problems`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from recmodel.core.config import PipelineConfig, memory_bytes
+from recmodel.core.resources import MB, STEPS, Resources
+
+DATA_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "materialize_ranker_scores")
+DATA_STEPS += ("finetune", "end")  # every step that loads the extracted events into numpy
+
+# Measured (docs/benchmarks.md, "Extraction" and "Out of core"): DuckDB holds 33 B per raw
+# event; spilling writes about 1.6x that; the final events file takes 7.4 B per event; a
+# listen+ share of 0.757 survives cleaning on the generator's logs; a Python process with the
+# step's libraries imported holds 0.35 GB, and extraction's RSS went 0.15 GB above its limit.
+DUCKDB_BYTES_PER_EVENT = 33
+SPILL_FACTOR = 1.6
+PARQUET_BYTES_PER_EVENT = 7.4
+RAW_LOG_BYTES_PER_EVENT = 20  # the generated log (ids, timestamps, ratio, flags), compressed
+FINAL_SHARE = 0.757
+PROCESS_MB = 1_024  # the interpreter, torch/duckdb/pyarrow and Metaflow's task (0.35 GB measured)
+Q_BYTES_PER_TRACK = 64  # the group-by of estimate_q: a hash entry and its output row
+# Derived from recmodel/core/dataset_io.py: int32 user, int32 item, int64 ts, int8 window
+# (17 B) while the Arrow table and the load's checks are alive (+44 B), then the histories of
+# the test, validation and training windows (3 x 12 B).
+DATASET_PEAK_BYTES = 61
+FLOAT = 4
+ADAM_COPIES = 4  # weights, gradients and two moments
+LOGIT_COPIES = 3  # logits, their gradient and the softmax
+ACTIVATION_FLOATS = 24  # per position, block and width: attention, MLP and norms, kept for backward
+RANKER_FEATURES = 20  # len(recmodel.ranker.features.FEATURES); the test checks it
+RANKER_COPIES = 3  # the SQL result, the float32 matrix and the booster's binned copy (uint8)
+ITEMKNN_CHUNK_BYTES = 2**30  # recmodel.baselines.knn.CHUNK_BYTES: one chunk's product
+ITEMKNN_ENTRY_BYTES = 32  # recmodel.baselines.knn.ENTRY_BYTES
+TOPK_BLOCK = 1_024 * 65_536  # users x items of one block of the chunked top-k
+
+
+def synthetic_events(cfg: PipelineConfig) -> int:
+    """The generator's mean number of raw events for ``cfg.synthetic``."""
+    s = cfg.synthetic
+    days = min(s.days, s.user_span_days) if s.user_span_days > 0 else s.days
+    active = 1 - s.new_user_share / 2  # new users join at a uniform time: half their days
+    sessions = s.n_users * active * days * s.sessions_per_user_per_day
+    return math.ceil(sessions * s.mean_session_length)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The data a run works on."""
+
+    raw_events: int
+    users: int
+    tracks: int
+
+    @property
+    def events(self) -> int:
+        """Final (listen+) events."""
+        return math.ceil(self.raw_events * FINAL_SHARE)
+
+
+@dataclass(frozen=True)
+class Need:
+    """A step's peak host memory, disk and memory of one GPU, in MB."""
+
+    memory: int
+    disk: int = 0
+    gpu_memory: int = 0
+
+
+def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dict[str, Need]:
+    """Each step's peak memory and disk at ``sizes`` (``gpus``: GPUs per step, where the
+    training arrays live)."""
+    data = DATASET_PEAK_BYTES * sizes.events
+    needs = {name: Need(PROCESS_MB) for name in STEPS}
+    needs["extract_sessions"] = _extract(cfg, sizes)
+    needs["estimate_q"] = Need(PROCESS_MB + _mb(Q_BYTES_PER_TRACK * sizes.tracks))
+    for name in DATA_STEPS:
+        needs[name] = Need(PROCESS_MB + _mb(data))
+    for name in ("pretrain", "pretrain_no_logq"):
+        needs[name] = _training(cfg, sizes, needs[name], cfg.train.batch_size, gpus.get(name, 0))
+    needs["finetune"] = _training(
+        cfg, sizes, needs["finetune"], cfg.finetune.batch_size, gpus.get("finetune", 0)
+    )
+    needs["baselines"] = _plus(needs["baselines"], _baselines(cfg, sizes))
+    ranker_rows = sizes.users * (
+        cfg.ranker.n_candidates + cfg.ranker.n_own_candidates + cfg.ranker.n_popular_candidates
+    )
+    needs["materialize_ranker_scores"] = _plus(
+        needs["materialize_ranker_scores"], RANKER_COPIES * ranker_rows * RANKER_FEATURES * FLOAT
+    )
+    recommendations = 10 * sizes.users * 100 * 16  # 9 models' top-100: ids, rank, score
+    for name in ("join", "report"):
+        needs[name] = Need(PROCESS_MB + _mb(2 * recommendations))
+    needs["end"] = _plus(needs["end"], (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2)
+    return needs
+
+
+def _extract(cfg: PipelineConfig, sizes: Sizes) -> Need:
+    """DuckDB holds two event-sized tables at a stage's start; beyond its limit it spills."""
+    limit = memory_bytes(cfg.extract.memory_limit) or 0
+    working = 2 * DUCKDB_BYTES_PER_EVENT * sizes.raw_events
+    spill = SPILL_FACTOR * working / 2 if working > limit else 0.0
+    written = PARQUET_BYTES_PER_EVENT * sizes.events + RAW_LOG_BYTES_PER_EVENT * sizes.raw_events
+    return Need(PROCESS_MB + _mb(min(limit, working)), _mb(spill + written))
+
+
+def _training(cfg: PipelineConfig, sizes: Sizes, base: Need, batch: int, gpus: int) -> Need:
+    """The dataset on the host; weights, optimizer, activations and logits where it trains."""
+    m, t = cfg.model, cfg.train
+    positions = batch * m.max_len
+    global_positions = positions  # batch_size is the global batch, split over the processes
+    candidates = {
+        "shared": t.n_negatives,
+        "in_batch": global_positions,
+        "both": global_positions + t.n_negatives,
+    }[t.negatives]
+    per_device = positions / max(gpus, t.processes, 1)
+    logits = LOGIT_COPIES * per_device * candidates * FLOAT
+    activations = ACTIVATION_FLOATS * per_device * m.d_model * m.n_blocks * FLOAT
+    weights = ADAM_COPIES * (sizes.tracks + 1) * (m.id_dim + m.meta_dim + m.d_model) * FLOAT
+    device = logits + activations + weights
+    copies = 1 + (t.processes if t.processes > 1 and not gpus else 0)  # spawned workers' data
+    host = base.memory + _mb(DATASET_PEAK_BYTES * sizes.events * (copies - 1))
+    if gpus:
+        return Need(host + _mb(weights), base.disk, _mb(device))
+    return Need(host + _mb(device), base.disk)
+
+
+def _baselines(cfg: PipelineConfig, sizes: Sizes) -> float:
+    """The largest of ALS (factors, the play matrix, one top-k block) and item-kNN (the
+    similarity, the play matrix and one chunk's sparse product, which its budget bounds)."""
+    b = cfg.baselines
+    pairs = sizes.events  # distinct (user, track) pairs: at most the events
+    factors = max(b.als_factors)
+    als = (sizes.users + sizes.tracks) * factors * FLOAT * 3 + pairs * 12 * 2 + TOPK_BLOCK * 8
+    per_user = min(sizes.tracks, math.ceil(sizes.events / max(sizes.users, 1)))
+    one_user = min(sizes.tracks, per_user * max(b.itemknn_neighbours)) * ITEMKNN_ENTRY_BYTES
+    knn = max(ITEMKNN_CHUNK_BYTES, one_user)  # a user above the budget is a chunk alone
+    knn += sizes.tracks * max(b.itemknn_neighbours) * 12 + pairs * 12 * 2
+    return max(als, knn)
+
+
+def _plus(need: Need, extra_bytes: float) -> Need:
+    return dataclasses.replace(need, memory=need.memory + _mb(extra_bytes))
+
+
+def _mb(size: float) -> int:
+    return math.ceil(size / MB)
+
+
+def check(cfg: PipelineConfig, resources: Resources, sizes: Sizes) -> list[str]:
+    """Every way the pods of ``resources`` fail the memory model at ``sizes``; empty when all
+    fit. DuckDB's limit must fit the extraction pod at any size, its threads their CPUs."""
+    gpus = {name: step.gpu for name, step in resources.steps.items()}
+    problems = []
+    for name, need in requirements(cfg, sizes, gpus).items():
+        given = resources.steps[name]
+        for what, want, have in (
+            ("memory", need.memory, given.memory),
+            ("disk", need.disk, given.disk),
+            ("gpu_memory", need.gpu_memory, given.gpu_memory),
+        ):
+            if want > have:
+                problems.append(
+                    f"{name}: needs {want:,} MB of {what} at {sizes.raw_events:,} raw events, "
+                    f"{sizes.users:,} users and {sizes.tracks:,} tracks; [resources.{name}] "
+                    f"gives {have:,} MB"
+                )
+    limit = _mb(memory_bytes(cfg.extract.memory_limit) or 0)
+    pod = resources.steps["extract_sessions"].memory
+    if limit + PROCESS_MB > pod:  # at any size: a larger log than planned must spill, not die
+        problems.append(
+            f"extract_sessions: extract.memory_limit {cfg.extract.memory_limit!r} plus the "
+            f"process ({limit + PROCESS_MB:,} MB) is more than the pod's {pod:,} MB: a log "
+            "larger than planned makes DuckDB reach the pod's limit before it spills"
+        )
+    if cfg.extract.threads > resources.steps["extract_sessions"].cpu:
+        problems.append(
+            f"extract_sessions: extract.threads = {cfg.extract.threads} on "
+            f"{resources.steps['extract_sessions'].cpu} CPU(s) of [resources.extract_sessions]"
+        )
+    return problems
+
+
+def planned_sizes(cfg: PipelineConfig, resources: Resources) -> Sizes:
+    """The size a preset is planned for: ``resources.events`` in Yambda's shape, or the
+    generator's log for its ``[synthetic]`` settings."""
+    if resources.events is None:
+        return Sizes(synthetic_events(cfg), cfg.synthetic.n_users, cfg.synthetic.n_tracks)
+    return yambda_shaped(resources.events)
+
+
+def yambda_shaped(raw_events: int) -> Sizes:
+    """Users and tracks of a log of ``raw_events`` with Yambda's events per user and track."""
+    return Sizes(
+        raw_events,
+        math.ceil(raw_events / YAMBDA_EVENTS_PER_USER),
+        math.ceil(raw_events / YAMBDA_EVENTS_PER_TRACK),
+    )
+
+
+def run_problems(
+    cfg: PipelineConfig, pods: Any, synthetic: bool, raw_events: int | None
+) -> list[str]:
+    """What :func:`check` finds for one run: its settings, the pods it was started with (the
+    flow's ``resources`` Config) and its input's size: the generator's for synthetic data, the
+    Parquet footers' row count otherwise (None for text files: nothing to check). Users and
+    tracks of real data are not known before extraction: Yambda's ratios stand in."""
+    resources = Resources.from_config(pods)
+    if synthetic:
+        sizes = Sizes(synthetic_events(cfg), cfg.synthetic.n_users, cfg.synthetic.n_tracks)
+    elif raw_events is None:
+        return []
+    else:
+        sizes = yambda_shaped(raw_events)
+    return check(cfg, resources, sizes)
+
+
+# Yambda-5B: 4.79B events, 1M users, 9.39M tracks (the data set's card).
+YAMBDA_EVENTS_PER_USER = 4_790
+YAMBDA_EVENTS_PER_TRACK = 510
