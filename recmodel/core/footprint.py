@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from recmodel.core.columns import MODEL_NAMES
 from recmodel.core.config import PipelineConfig, memory_bytes
 from recmodel.core.resources import MB, STEPS, Resources
 
@@ -43,7 +44,7 @@ RANKER_FEATURES = 20  # len(recmodel.ranker.features.FEATURES); the test checks 
 RANKER_COPIES = 3  # the SQL result, the float32 matrix and the booster's binned copy (uint8)
 ITEMKNN_CHUNK_BYTES = 2**30  # recmodel.baselines.knn.CHUNK_BYTES: one chunk's product
 ITEMKNN_ENTRY_BYTES = 32  # recmodel.baselines.knn.ENTRY_BYTES
-TOPK_BLOCK = 1_024 * 65_536  # users x items of one block of the chunked top-k
+TOPK_USERS, TOPK_ITEMS = 1_024, 65_536  # one block of the chunked top-k (users x items)
 
 
 def synthetic_events(cfg: PipelineConfig) -> int:
@@ -99,7 +100,8 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
     needs["materialize_ranker_scores"] = _plus(
         needs["materialize_ranker_scores"], RANKER_COPIES * ranker_rows * RANKER_FEATURES * FLOAT
     )
-    recommendations = 10 * sizes.users * 100 * 16  # 9 models' top-100: ids, rank, score
+    # Every row's top-100 for every user: user and item ids, rank and score.
+    recommendations = len(MODEL_NAMES) * sizes.users * 100 * 16
     for name in ("join", "report"):
         needs[name] = Need(PROCESS_MB + _mb(2 * recommendations))
     needs["end"] = _plus(needs["end"], (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2)
@@ -143,10 +145,12 @@ def _baselines(cfg: PipelineConfig, sizes: Sizes) -> float:
     b = cfg.baselines
     pairs = sizes.events  # distinct (user, track) pairs: at most the events
     factors = max(b.als_factors)
-    als = (sizes.users + sizes.tracks) * factors * FLOAT * 3 + pairs * 12 * 2 + TOPK_BLOCK * 8
+    block = min(sizes.users, TOPK_USERS) * min(sizes.tracks + 1, TOPK_ITEMS) * 8
+    als = (sizes.users + sizes.tracks) * factors * FLOAT * 3 + pairs * 12 * 2 + block
     per_user = min(sizes.tracks, math.ceil(sizes.events / max(sizes.users, 1)))
     one_user = min(sizes.tracks, per_user * max(b.itemknn_neighbours)) * ITEMKNN_ENTRY_BYTES
-    knn = max(ITEMKNN_CHUNK_BYTES, one_user)  # a user above the budget is a chunk alone
+    # A chunk holds users up to the budget; a user above it is a chunk alone.
+    knn = max(min(ITEMKNN_CHUNK_BYTES, sizes.users * one_user), one_user)
     knn += sizes.tracks * max(b.itemknn_neighbours) * 12 + pairs * 12 * 2
     return max(als, knn)
 

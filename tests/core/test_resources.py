@@ -17,7 +17,8 @@ from recmodel.core.footprint import (
     ITEMKNN_ENTRY_BYTES,
     PROCESS_MB,
     RANKER_FEATURES,
-    TOPK_BLOCK,
+    TOPK_ITEMS,
+    TOPK_USERS,
     Sizes,
     check,
     planned_sizes,
@@ -139,8 +140,7 @@ def test_the_models_constants_are_the_codes():
     assert len(FEATURES) == RANKER_FEATURES
     assert (ITEMKNN_CHUNK_BYTES, ITEMKNN_ENTRY_BYTES) == (CHUNK_BYTES, ENTRY_BYTES)
     chunk = inspect.signature(topk_chunked).parameters
-    block = chunk["chunk_users"].default * EvalConfig().chunk_items
-    assert block == TOPK_BLOCK
+    assert (chunk["chunk_users"].default, EvalConfig().chunk_items) == (TOPK_USERS, TOPK_ITEMS)
 
 
 @pytest.mark.parametrize("name", ["tiny", "default"])
