@@ -20,6 +20,7 @@ from recmodel.core.resources import MB, STEPS, Resources
 
 DATA_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "materialize_ranker_scores")
 DATA_STEPS += ("finetune", "end")  # every step that loads the extracted events into numpy
+TRAINING_STEPS = ("pretrain", "pretrain_no_logq", "finetune")
 
 # Measured (docs/benchmarks.md, "Extraction" and "Out of core"): DuckDB holds 33 B per raw
 # event; spilling writes about 1.6x that; the final events file takes 7.4 B per event; a
@@ -31,6 +32,10 @@ PARQUET_BYTES_PER_EVENT = 7.4
 RAW_LOG_BYTES_PER_EVENT = 20  # the generated log (ids, timestamps, ratio, flags), compressed
 FINAL_SHARE = 0.757
 PROCESS_MB = 1_024  # the interpreter, torch/duckdb/pyarrow and Metaflow's task (0.35 GB measured)
+# A training step also holds torch's allocator, the batches built ahead and the evaluation's
+# buffers: benchmarks/bench_memory.py measured peaks of 0.53, 1.10 and 1.55 GB on runs of
+# 0.04M, 0.49M and 3.75M final events, which PROCESS_MB plus the data terms did not cover.
+TRAINING_PROCESS_MB = 1_536
 Q_BYTES_PER_TRACK = 64  # the group-by of estimate_q: a hash entry and its output row
 # Derived from recmodel/core/dataset_io.py: int32 user, int32 item, int64 ts, int8 window
 # (17 B) while the Arrow table and the load's checks are alive (+44 B), then the histories of
@@ -88,6 +93,8 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
     needs["estimate_q"] = Need(PROCESS_MB + _mb(Q_BYTES_PER_TRACK * sizes.tracks))
     for name in DATA_STEPS:
         needs[name] = Need(PROCESS_MB + _mb(data))
+    for name in TRAINING_STEPS:
+        needs[name] = Need(TRAINING_PROCESS_MB + _mb(data))
     for name in ("pretrain", "pretrain_no_logq"):
         needs[name] = _training(cfg, sizes, needs[name], cfg.train.batch_size, gpus.get(name, 0))
     needs["finetune"] = _training(

@@ -203,3 +203,37 @@ def test_a_step_with_a_gpu_gets_a_gpus_memory_when_it_says_none():
     assert resources.steps["pretrain"].gpu_memory == GPU_MEMORY_MB
     assert resources.steps["baselines"].gpu_memory == 0
     assert dataclasses.asdict(resources.steps["join"]) == dataclasses.asdict(StepResources())
+
+
+# Peak RSS (MB) of every step, measured by benchmarks/bench_memory.py on whole runs of the
+# default preset's settings (docs/scale.md): (raw events, users, tracks, generator settings).
+MEASURED = [
+    (
+        Sizes(48_155, 265, 1_265),
+        "tiny",
+        {"start": 141, "extract_sessions": 221, "estimate_q": 235, "pretrain": 531,
+         "pretrain_no_logq": 534, "baselines": 416, "materialize_ranker_scores": 514,
+         "finetune": 629, "join": 204, "report": 430, "end": 446},
+    ),
+    (
+        Sizes(627_465, 2_707, 9_317),
+        "default",
+        {"start": 142, "extract_sessions": 244, "estimate_q": 243, "pretrain": 1_095,
+         "pretrain_no_logq": 1_074, "baselines": 1_190, "materialize_ranker_scores": 893,
+         "finetune": 1_193, "join": 268, "report": 573, "end": 588},
+    ),
+    (
+        Sizes(4_855_225, 970, 9_343),
+        "default",
+        {"start": 268, "extract_sessions": 639, "estimate_q": 243, "pretrain": 1_483,
+         "pretrain_no_logq": 1_545, "baselines": 1_209, "materialize_ranker_scores": 1_055,
+         "finetune": 1_318, "join": 250, "report": 505, "end": 693},
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sizes", "name", "peaks"), MEASURED)
+def test_the_model_covers_every_measured_peak(sizes, name, peaks):
+    needs = requirements(load_preset(name), sizes, {})
+    for step, peak in peaks.items():
+        assert needs[step].memory >= peak, step
