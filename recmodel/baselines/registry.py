@@ -171,6 +171,7 @@ def run_baseline(
         "model_size": int(tuned.model.model_size),
         "params": tuned.params,
         "tuning": tuned.tuning,
+        "tuned_on": val.describe() if val is not None and tuned.tuning else None,
         "refit": REFIT_RULE,
     }
 

@@ -54,6 +54,13 @@ class Validation:
     histories: UserItems  # rows: all users
     users: np.ndarray  # int64 [V] users with a target and a history
     targets: UserItems  # rows aligned with ``users``
+    of_users: int = 0  # validation users before sampling (``len(users)`` when none was)
+
+    def describe(self) -> str:
+        """How many validation users scored the settings, for the report."""
+        if self.of_users > len(self.users):
+            return f"{len(self.users):,} validation users (a seeded sample of {self.of_users:,})"
+        return f"{len(self.users):,} validation users"
 
 
 def validation_requests(dataset: Dataset, max_users: int = 0, seed: int = 0) -> Validation | None:
@@ -61,10 +68,11 @@ def validation_requests(dataset: Dataset, max_users: int = 0, seed: int = 0) -> 
     users = dataset.users_with_events(Window.VAL, min_history=1)
     if users.size == 0:
         return None
-    if 0 < max_users < len(users):
+    every = len(users)
+    if 0 < max_users < every:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     targets = dataset.events_in(Window.VAL).take(users)
-    return Validation(dataset.history(Window.VAL), users, targets)
+    return Validation(dataset.history(Window.VAL), users, targets, every)
 
 
 def validation_score(model: Recommender, val: Validation) -> float:

@@ -283,6 +283,8 @@ def _settings(entry: dict[str, Any]) -> dict[str, Any]:
         ]
         out["searched"] = len(tuning)
         out["best_validation_ndcg@10"] = max(scores) if scores else None
+        if entry.get("tuned_on"):
+            out["tuned_on"] = str(entry["tuned_on"])
     if entry.get("best_epoch") is not None:
         out["best_epoch"] = int(entry["best_epoch"])
     rule = entry.get("refit") or entry.get("fit_rule")

@@ -282,8 +282,9 @@ def settings_markdown(data: dict[str, Any]) -> str:
         chosen = []
         if entry.get("searched"):
             best = entry.get("best_validation_ndcg@10")
+            on = f" on {entry['tuned_on']}" if entry.get("tuned_on") else ""
             chosen.append(
-                f"{entry['searched']} settings scored"
+                f"{entry['searched']} settings scored{on}"
                 + ("" if best is None else f", best NDCG@10 {best:.4f}")
             )
         if entry.get("best_epoch") is not None:

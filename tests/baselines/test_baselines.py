@@ -28,7 +28,7 @@ from recmodel.baselines.registry import (
     run_baseline,
 )
 from recmodel.baselines.simple import Popularity, UserPopular
-from recmodel.baselines.tuning import grid_points
+from recmodel.baselines.tuning import grid_points, validation_requests
 from recmodel.core.columns import Window
 from recmodel.core.config import BaselinesConfig
 from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
@@ -571,6 +571,16 @@ def test_run_baseline_returns_recommendations_and_timings():
     assert out["fit_seconds"] >= 0 and out["recommend_seconds"] >= 0
     assert out["model_size"] == 6 and out["tuning"] == [] and out["params"] == {}
     assert "refit on every event before the test window" in out["refit"]
+    assert out["tuned_on"] is None  # nothing was searched
+
+
+def test_run_baseline_says_how_many_validation_users_scored_its_settings():
+    data = two_blocks()
+    every = len(validation_requests(data).users)
+    cfg = BaselinesConfig(user_recent_tau_days=(1.0, 7.0), tune_users=5)
+    out = run("user_recent", data, np.arange(4), 4, cfg)
+    assert len(out["tuning"]) == 2
+    assert out["tuned_on"] == f"5 validation users (a seeded sample of {every})"
 
 
 def test_model_sizes():

@@ -165,3 +165,7 @@ def test_validation_score_is_evaluate_of_the_models_own_recommendations():
     assert validation_score(model, val) == pytest.approx(expected.summary["ndcg@10"])
     sample = validation_requests(data, max_users=7, seed=3)
     assert len(sample.users) == 7 and set(sample.users) <= set(val.users)
+    every = len(val.users)
+    assert sample.of_users == every == val.of_users
+    assert sample.describe() == f"7 validation users (a seeded sample of {every})"
+    assert val.describe() == f"{every} validation users"

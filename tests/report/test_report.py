@@ -118,6 +118,7 @@ def random_report():
                 {"factors": 64, "alpha": 40.0, "ndcg@10": np.float64(0.25)},
                 {"factors": 64, "alpha": 100.0, "ndcg@10": float("nan")},
             ],
+            "tuned_on": "7 validation users (a seeded sample of 30)",
             "refit": "the best refit before the test window",
         },
         "itemknn": {
@@ -224,6 +225,7 @@ def test_settings_state_what_each_model_ran_with_and_how_it_was_chosen(random_re
         "params": {"factors": 64, "alpha": 40.0},
         "searched": 3,
         "best_validation_ndcg@10": 0.25,  # a NaN score never counts
+        "tuned_on": "7 validation users (a seeded sample of 30)",
         "rule": "the best refit before the test window",
     }
     assert settings["sasrec_two_stage"] == {
@@ -233,7 +235,10 @@ def test_settings_state_what_each_model_ran_with_and_how_it_was_chosen(random_re
     }
     assert settings["popularity"] == {"params": {}}
     md = report.markdown
-    assert "| `als` | factors=64, alpha=40.0 | 3 settings scored, best NDCG@10 0.2500 |" in md
+    assert (
+        "| `als` | factors=64, alpha=40.0 | 3 settings scored on 7 validation users (a seeded "
+        "sample of 30), best NDCG@10 0.2500 |"
+    ) in md
     assert "| `sasrec_two_stage` | logq=all | epoch 1 kept |" in md
     assert "- `als`: the best refit before the test window" in md
     assert md.index("## Results") < md.index("## Settings")
