@@ -15,12 +15,14 @@ import pickle
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.multiprocessing as mp
 
+from recmodel.core.dataset import Dataset
 from recmodel.retriever.checkpoint import load_retriever
 from recmodel.retriever.fitting import TrainResult
 from recmodel.retriever.train import pretrain
@@ -62,8 +64,18 @@ def set_rank_environment(rank: int, world_size: int, port: int) -> None:
     )
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str, args: tuple, kwargs: dict):
+def _worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    out_dir: str,
+    args: tuple,
+    kwargs: dict,
+    load_dataset: Callable[[], Dataset] | None = None,
+):
     set_rank_environment(rank, world_size, port)
+    if load_dataset is not None:  # read from the run's tables, not sent through a pipe
+        args = (load_dataset(), *args[1:])
     result = pretrain(*args, **kwargs)
     if rank == 0:  # the model is rebuilt from the checkpoint in the parent
         fields = {k: v for k, v in vars(result).items() if k != "model"}
@@ -84,12 +96,19 @@ def leave_worker() -> None:
     os._exit(0)
 
 
-def pretrain_data_parallel(*args: Any, processes: int = 0, **kwargs: Any) -> TrainResult:
+def pretrain_data_parallel(
+    *args: Any,
+    processes: int = 0,
+    load_dataset: Callable[[], Dataset] | None = None,
+    **kwargs: Any,
+) -> TrainResult:
     """:func:`recmodel.retriever.train.pretrain` on ``processes`` workers (see :func:`process_count`).
 
     Takes the arguments of :func:`recmodel.retriever.train.pretrain`. With one process it simply calls
     it. Otherwise the live ``progress`` callback stays in this process and is not called
     (workers log their progress), and the returned model is rank 0's best checkpoint.
+    ``load_dataset`` (a picklable callable) lets each worker load the dataset itself, from the
+    run's tables; without it the dataset is pickled into every worker.
     """
     dataset, cfg_model, cfg_train = args[0], args[2], args[3]
     n = process_count(processes, cfg_train.device)
@@ -98,7 +117,9 @@ def pretrain_data_parallel(*args: Any, processes: int = 0, **kwargs: Any) -> Tra
     kwargs = {**kwargs, "progress": None}
     log.info("data parallel pretraining on %d processes", n)
     with tempfile.TemporaryDirectory(prefix="recmodel-ddp-") as tmp:
-        mp.spawn(_worker, args=(n, free_port(), tmp, args, kwargs), nprocs=n, join=True)
+        sent = args if load_dataset is None else (None, *args[1:])
+        spawn_args = (n, free_port(), tmp, sent, kwargs, load_dataset)
+        mp.spawn(_worker, args=spawn_args, nprocs=n, join=True)
         fields = pickle.loads(Path(tmp, RESULT_FILE).read_bytes())
     model = load_retriever(fields["checkpoint"], fields["model_config"], dataset.items)
     del cfg_model  # the checkpoint carries the model config

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recmodel.baselines.registry import BASELINES, BuildOptions, run_baseline
+from recmodel.core.dataset import Dataset
 from recmodel.core.tables import AnyRef, read_table
 from recmodel.evaluation.testset import REC_K
 from recmodel.retriever.faults import inject_fault
@@ -81,6 +82,11 @@ def _warm_state(run_pathspec: str | None, model: Transformer, data: StepData):
     return ws.state, ws.summary
 
 
+def dataset_of(config: dict, refs: dict) -> Dataset:
+    """The extracted events of a run, as a spawned training worker loads them."""
+    return load_step_data(config, refs).dataset
+
+
 def pretrain(
     config: dict,
     refs: dict,
@@ -114,6 +120,7 @@ def pretrain(
         init_state=init_state,
         state_store=_state_store(tables, model),
         processes=cfg.train.processes,
+        load_dataset=functools.partial(dataset_of, config, refs),
     )
     live.finish(result.history, result.best_epoch)
     entry = trained_result(

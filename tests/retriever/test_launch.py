@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recmodel.core.config import EvalConfig, ModelConfig, QConfig, TrainConfig
+from recmodel.core.dataset import Dataset
 from recmodel.retriever.launch import pretrain_data_parallel, process_count
 from recmodel.retriever.train import pretrain
 from tests.helpers.retriever_data import cycle_dataset, one_thread
@@ -37,6 +38,28 @@ def test_two_spawned_workers_match_one_process(monkeypatch):
     single = pretrain(*args)
     parallel = pretrain_data_parallel(*args, processes=2)
     assert parallel.best_epoch == single.best_epoch
+    assert [round(h["loss"], 4) for h in parallel.history] == [
+        round(h["loss"], 4) for h in single.history
+    ]
+    for name, expected in single.model.state_dict().items():
+        got = parallel.model.state_dict()[name]
+        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_workers_load_the_dataset_themselves_when_told_how(monkeypatch):
+    """With ``load_dataset`` nothing pickles the dataset: the workers read it on their own."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    dataset = cycle_dataset()
+    args = (dataset, dataset.item_counts, MODEL, TRAIN, QConfig(), EvalConfig(ks=(10,)))
+    single = pretrain(*args)
+
+    def refuse(self, protocol):
+        raise AssertionError("the dataset was pickled for a worker")
+
+    monkeypatch.setattr(Dataset, "__reduce_ex__", refuse)
+    parallel = pretrain_data_parallel(*args, processes=2, load_dataset=cycle_dataset)
     assert [round(h["loss"], 4) for h in parallel.history] == [
         round(h["loss"], 4) for h in single.history
     ]
