@@ -29,14 +29,23 @@ def test_process_count(monkeypatch):
     assert process_count(3, "cpu") == 1
 
 
-@pytest.mark.slow
-def test_two_spawned_workers_match_one_process(monkeypatch):
+def single_and_spawned(monkeypatch, **launch):
+    """One process's training and two spawned workers' on the same data (outside any group)."""
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     dataset = cycle_dataset()
     args = (dataset, dataset.item_counts, MODEL, TRAIN, QConfig(), EvalConfig(ks=(10,)))
     single = pretrain(*args)
-    parallel = pretrain_data_parallel(*args, processes=2)
+    if launch.get("load_dataset"):
+        monkeypatch.setattr(Dataset, "__reduce_ex__", refuse_pickling)
+    return single, pretrain_data_parallel(*args, processes=2, **launch)
+
+
+def refuse_pickling(self, protocol):
+    raise AssertionError("the dataset was pickled for a worker")
+
+
+def assert_same_training(parallel, single):
     assert parallel.best_epoch == single.best_epoch
     assert [round(h["loss"], 4) for h in parallel.history] == [
         round(h["loss"], 4) for h in single.history
@@ -47,25 +56,16 @@ def test_two_spawned_workers_match_one_process(monkeypatch):
 
 
 @pytest.mark.slow
+def test_two_spawned_workers_match_one_process(monkeypatch):
+    single, parallel = single_and_spawned(monkeypatch)
+    assert_same_training(parallel, single)
+
+
+@pytest.mark.slow
 def test_workers_load_the_dataset_themselves_when_told_how(monkeypatch):
     """With ``load_dataset`` nothing pickles the dataset: the workers read it on their own."""
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    dataset = cycle_dataset()
-    args = (dataset, dataset.item_counts, MODEL, TRAIN, QConfig(), EvalConfig(ks=(10,)))
-    single = pretrain(*args)
-
-    def refuse(self, protocol):
-        raise AssertionError("the dataset was pickled for a worker")
-
-    monkeypatch.setattr(Dataset, "__reduce_ex__", refuse)
-    parallel = pretrain_data_parallel(*args, processes=2, load_dataset=cycle_dataset)
-    assert [round(h["loss"], 4) for h in parallel.history] == [
-        round(h["loss"], 4) for h in single.history
-    ]
-    for name, expected in single.model.state_dict().items():
-        got = parallel.model.state_dict()[name]
-        assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), name
+    single, parallel = single_and_spawned(monkeypatch, load_dataset=cycle_dataset)
+    assert_same_training(parallel, single)
 
 
 def test_one_process_is_a_plain_call(monkeypatch):
