@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from recmodel.core.columns import Window
+from recmodel.core.config import ModelConfig
 from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
 
 
@@ -19,6 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def small_model(max_len: int, profile_size: int, d_model: int = 16) -> ModelConfig:
+    """A one-block, two-head retriever without dropout, small enough for exact comparisons."""
+    return ModelConfig(
+        d_model=d_model,
+        n_blocks=1,
+        n_heads=2,
+        max_len=max_len,
+        dropout=0.0,
+        id_dim=8,
+        meta_dim=4,
+        profile_size=profile_size,
+    )
 
 
 def item_features(n_items: int, acoustic_dim: int = 3, seed: int = 0) -> ItemFeatures:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from recmodel.core.config import ModelConfig, QConfig, TrainConfig
+from recmodel.core.config import QConfig, TrainConfig
 from recmodel.retriever.batches import last_items, make_batch, make_windows
 from recmodel.retriever.checkpoint import load_retriever, model_config_dict, state_bytes
 from recmodel.retriever.losses import sampled_softmax_loss
@@ -21,6 +21,7 @@ from tests.helpers.retriever_data import (  # noqa: F401
     item_features,
     one_thread,
     plain_profile,
+    small_model,
     timed_user_items,
 )
 
@@ -150,16 +151,7 @@ def test_zero_initialised_bonus_changes_nothing():
 
 def _model(profile_size=SIZE, seed=0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(
-        d_model=D,
-        n_heads=2,
-        n_blocks=1,
-        max_len=MAX_LEN,
-        id_dim=8,
-        meta_dim=4,
-        dropout=0.0,
-        profile_size=profile_size,
-    )
+    cfg = small_model(MAX_LEN, profile_size, d_model=D)
     model = Retriever(item_features(N_ITEMS), cfg).eval()
     with torch.no_grad():  # bonuses big enough to lift profile tracks into the top-k
         for param in model.repeat.parameters():

@@ -13,28 +13,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from recmodel.core.config import ModelConfig
 from recmodel.retriever.batches import last_items
 from recmodel.retriever.model import Retriever
 from recmodel.retriever.profile import N_FEATURES
 from recmodel.serving.batch import TOPK_SCHEMA, batch_topk, topk_table, write_batch_topk
 from recmodel.serving.bundle import MANIFEST
 from recmodel.serving.export import ITEM_IDS, ITEM_VECTORS, QUERY_ENCODER, export_retriever
-from tests.helpers.retriever_data import item_features, one_thread, plain_profile, timed_user_items
+from tests.helpers.retriever_data import (
+    item_features,
+    one_thread,
+    plain_profile,
+    small_model,
+    timed_user_items,
+)
 
 N_ITEMS = 25
 MAX_LEN = 6
 PROFILE = 4
-CFG = ModelConfig(
-    d_model=16,
-    n_blocks=1,
-    n_heads=2,
-    max_len=MAX_LEN,
-    dropout=0.0,
-    id_dim=8,
-    meta_dim=4,
-    profile_size=PROFILE,
-)
+CFG = small_model(MAX_LEN, PROFILE)
 
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 import torch
 
-from recmodel.core.config import ModelConfig
 from recmodel.core.tables import write_table
 from recmodel.evaluation.topk import EMPTY
 from recmodel.retriever.batches import last_items
@@ -24,7 +23,7 @@ from recmodel.serving.gate import (
     unreachable_targets,
 )
 from recmodel.serving.served import ModelUnavailable, ServedModel, load_served
-from tests.helpers.retriever_data import item_features, one_thread, user_items
+from tests.helpers.retriever_data import item_features, one_thread, small_model, user_items
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -138,16 +137,7 @@ def test_a_champion_that_knows_no_track_cannot_be_scored():
 
 
 N_ITEMS, MAX_LEN = 25, 6
-CFG = ModelConfig(
-    d_model=16,
-    n_blocks=1,
-    n_heads=2,
-    max_len=MAX_LEN,
-    dropout=0.0,
-    id_dim=8,
-    meta_dim=4,
-    profile_size=4,
-)
+CFG = small_model(MAX_LEN, profile_size=4)
 
 
 @pytest.fixture(scope="module")
