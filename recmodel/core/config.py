@@ -151,6 +151,7 @@ class ExtractConfig(Section):
         "val_share": "(0,1)", "finetune_share": "(0,1)", "test_days": ">0", "val_days": ">0",
         "finetune_days": ">0", "gap_minutes": ">=0", "loo_finetune_events": ">=0",
         "min_window_users": ">=0", "tempo_buckets": ">=1", "history_days": ">=0", "threads": ">=1",
+        "shards": ">=1",
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "protocol": ("temporal", "leave_last_out"),
@@ -182,6 +183,9 @@ class ExtractConfig(Section):
     history_days: float = 0.0  # rolling window: only the last N days up to the cut; 0 = all
     memory_limit: str = "4GB"  # DuckDB memory limit; it spills to disk beyond it
     threads: int = 2  # DuckDB threads
+    # > 1: the extraction runs over this many user shards (recmodel.ingest.sharded), one after
+    # another, so DuckDB works on one shard's events at a time; the result is the same.
+    shards: int = 1
 
     def _check_rules(self) -> None:
         shares = self.test_share + self.val_share + self.finetune_share

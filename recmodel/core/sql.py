@@ -139,13 +139,14 @@ class SqlRunner:
         return self.records[-1]
 
     def _execute(self, sql: str, params: dict[str, Any], fetch: str) -> Any:
+        if fetch == "arrow":
+            # A relation hands its rows to Arrow without the extra copy a DB-API result makes.
+            relation = self.con.sql(sql, params=params)
+            # ``to_arrow_table`` in DuckDB >= 1.4, ``arrow`` before.
+            return (getattr(relation, "to_arrow_table", None) or relation.arrow)()
         relation = self.con.execute(sql, params)
         if fetch == "numpy":
             return relation.fetchnumpy()
-        if fetch == "arrow":
-            # ``to_arrow_table`` in DuckDB >= 1.4, ``fetch_arrow_table`` before.
-            to_arrow = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
-            return to_arrow()
         return relation.fetchall()
 
 

@@ -132,6 +132,11 @@ def created_table(name: str) -> str | None:
     return found.group(1) if found else None
 
 
+def tables_read(name: str) -> set[str]:
+    """The tables and views ``sql/<name>`` reads."""
+    return set(_READS.findall(sql_text(name)))
+
+
 def drop_schedule(plan: list[str]) -> dict[str, list[str]]:
     """For each file of ``plan``, the tables it is the last to read (or create), in plan order.
 
@@ -140,7 +145,7 @@ def drop_schedule(plan: list[str]) -> dict[str, list[str]]:
     created = {created_table(name) for name in plan} - {None}
     last_reader = {}
     for name in plan:
-        read = set(_READS.findall(sql_text(name)))
+        read = tables_read(name)
         for table in sorted(created & (read | {created_table(name)})):
             last_reader[table] = name
     schedule: dict[str, list[str]] = {name: [] for name in plan}
@@ -202,7 +207,7 @@ def extract(
             "items": rows_of["sql/05_kept_items.sql"],
             "users": rows_of["sql/06_kept_users.sql"],
         }
-        summary = build_summary(rows, _split_bounds(con), kept, cfg, settings)
+        summary = build_summary(rows, split_bounds(con), kept, cfg, settings)
         check_sanity(summary, cfg)
         for name in OUTPUTS:
             run(WRITE_FILES[name])
@@ -217,7 +222,8 @@ def extract(
     return ExtractResult(paths=paths, queries=runner.records, summary=summary)
 
 
-def _split_bounds(con) -> dict[str, int | None]:
+def split_bounds(con) -> dict[str, int | None]:
+    """The one row of the ``split_bounds`` table (stage 03) as a dict."""
     relation = con.table("split_bounds")
     (row,) = relation.fetchall()  # one row by construction
     return dict(zip(relation.columns, row, strict=True))

@@ -21,6 +21,7 @@ from recmodel.ingest.checks import validate_source
 from recmodel.ingest.extract import extract
 from recmodel.ingest.qtable import build_q_table
 from recmodel.ingest.readers import SourceSpec
+from recmodel.ingest.sharded import extract_sharded
 from recmodel.ingest.sources import register_source
 from recmodel.steps.cards import q_card
 from recmodel.steps.common import RunTables, config_of, connect_for, stops_on_bad_input
@@ -117,10 +118,21 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
         work = Path(tmp)
         started = time.perf_counter()
         spec = _source_spec(cfg, inputs, work)
-        con = connect_for(cfg, work / "spill")
-        register_source(con, spec)
+
+        def open_source():
+            con = connect_for(cfg, work / "spill")
+            register_source(con, spec)
+            return con
+
+        con = open_source()
         validate_source(con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct)
-        result = extract(con, cfg.extract, work / "out")
+        if cfg.extract.shards > 1:
+            con.close()
+            result = extract_sharded(
+                open_source, cfg.extract, work / "out", cfg.extract.shards, work / "shards"
+            )
+        else:
+            result = extract(con, cfg.extract, work / "out")
         if inputs.get("ranker_scores"):  # its ids must be in the data, before any training
             check_ranker_scores_ids(inputs["ranker_scores"], result.paths)
         refs = {name: tables.publish(path, name) for name, path in result.paths.items()}

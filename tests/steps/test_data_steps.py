@@ -40,3 +40,24 @@ def test_ranker_scores_of_users_not_in_the_data_stop_extraction(tmp_path, log):
 def test_a_bad_setting_stops_start_with_its_key(log):
     with pytest.raises(Exception, match=r"train.epochs must be an integer, got '3'"):
         start("tiny", {"train": {"epochs": "3"}}, "canonical", str(log.events), "", "")
+
+
+def test_extraction_over_user_shards_publishes_the_same_tables(tmp_path, log):
+    """``extract.shards`` changes how the step runs, not what it publishes."""
+    published = {}
+    for shards in (1, 3):
+        config, inputs, _ = start(
+            "tiny",
+            {"extract": {"shards": shards}},
+            "canonical",
+            str(log.events),
+            str(log.items),
+            "",
+        )
+        root = tmp_path / f"shards-{shards}"
+        refs, queries, summary = extract_sessions(config, inputs, RunTables(root=str(root)))
+        published[shards] = {name: pq.read_table(ref["uri"]) for name, ref in refs.items()}
+        assert summary.get("shards", 1) == shards
+        assert {q.get("shard") for q in queries} == ({None} if shards == 1 else {None, 0, 1, 2})
+    for name, table in published[1].items():
+        assert published[3][name].cast(table.schema).equals(table), name

@@ -1,0 +1,327 @@
+"""Session extraction over user shards: the files of ``sql/`` split into per-user work and merges.
+
+Every stage of the extraction is either *per user* (cleaning, sessions, the split labels, the
+user threshold, the filter, the dense indices, the outputs' rows: a user's rows depend on that
+user's events and on small global tables only) or *global* (the split times, the kept items,
+the vocabularies, the summary's distinct counts: aggregates over every user, no larger than the
+catalogue or the user list). Users are assigned to ``n`` shards by ``hash(user_id) % n``, and the
+extraction runs in four rounds; each round runs the per-user files of :data:`ROUNDS` on every
+shard, each shard on its own connection that sees only its users' raw events, then the round's
+global files once over every shard's tables:
+
+=====  =========================================  =========================================
+round  per shard                                  merge (over all shards)
+=====  =========================================  =========================================
+1      01 clean events, 02 sessions (+ counts)    03 split times
+2      04 split labels (+ counts)                 05 kept items
+3      06 kept users, 07 filter (+ counts)        08 item vocabulary, 09 user vocabulary
+4      10 final events, 11 summary rows,          the summary, 13 items, 14 users, the
+       12 events, 15 test targets                 events and test targets of every shard
+=====  =========================================  =========================================
+
+The files are the very ones :func:`recmodel.ingest.extract.extract` runs on one node, unchanged:
+a stage reads its tables by name, and here those names are views over Parquet files, the
+shard's own or every shard's. Tables a later round or a merge reads are stored as Parquet under
+``work/shard-K/`` and ``work/merged/``; the rest are dropped where they were made. A merge reads
+a column or two of each shard's table through a streaming aggregate, so no process holds the
+events of more than one shard (the final sort of the events table spills like any DuckDB sort).
+
+The shards' results equal the single-node result row for row (``tests/ingest/test_sharded.py``)
+because each per-user stage sees a whole user, and the two global quantities that do not add up
+over users are taken again in the merge: the log's end (the cut, computed once before round 1)
+and the distinct tracks per stage (``sql/shards/merge_summary.sql``).
+
+:func:`run_shard` and :func:`run_merge` are the units a scheduler runs (a Metaflow ``foreach``
+over shards, one per round); :func:`extract_sharded` runs them all in order in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from recmodel.core.config import ExtractConfig
+from recmodel.core.sql import SqlRunner, configure
+from recmodel.ingest.extract import (
+    OUTPUTS,
+    SUMMARY_FILE,
+    WRITE_FILES,
+    ExtractResult,
+    created_table,
+    split_bounds,
+    stage_params,
+    tables_read,
+)
+from recmodel.ingest.readers import literal
+from recmodel.ingest.summary import build_summary, check_sanity
+
+log = logging.getLogger(__name__)
+
+CUT_FILE = "shards/cut.sql"
+MERGE_SUMMARY_FILE = "shards/merge_summary.sql"
+MERGE_WRITES = {
+    "events": "shards/write_events.sql",
+    "test_targets": "shards/write_test_targets.sql",
+}
+SUMMARY_ROWS = "summary_rows"  # each shard's rows of stage 11, merged by MERGE_SUMMARY_FILE
+# Tables kept for the summary even when no later file reads them: the users that pass the
+# threshold (counted) and the split times (read back).
+SUMMARY_TABLES = ("kept_users", "split_bounds")
+MERGED_DIR = "merged"
+
+Connect = Callable[[], duckdb.DuckDBPyConnection]  # a new connection with raw_events, raw_items
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round: per-user files run on every shard, then global files over all shards."""
+
+    shard_files: tuple[str, ...]
+    merge_files: tuple[str, ...]
+
+
+ROUNDS = (
+    Round(
+        ("01_clean_events.sql", "counts/clean_events.sql", "02_sessionize.sql",
+         "counts/sessions.sql"),
+        ("03_split_bounds.sql",),
+    ),
+    Round(("04_split_{protocol}.sql", "counts/split_events.sql"), ("05_kept_items.sql",)),
+    Round(
+        ("06_kept_users.sql", "07_filter.sql", "counts/filtered_events.sql"),
+        ("08_item_vocab.sql", "09_user_vocab.sql"),
+    ),
+    Round(
+        ("10_final_events.sql", SUMMARY_FILE, WRITE_FILES["events"],
+         WRITE_FILES["test_targets"]),
+        (MERGE_SUMMARY_FILE, WRITE_FILES["items"], WRITE_FILES["users"],
+         *MERGE_WRITES.values()),
+    ),
+)  # fmt: skip
+SHARD_OUTPUTS = ("events", "test_targets")  # written per shard in the last round, then merged
+
+
+def shard_dir(work: Path, shard: int) -> Path:
+    return Path(work) / f"shard-{shard:04d}"
+
+
+def files_of(files: tuple[str, ...], protocol: str) -> list[str]:
+    return [name.format(protocol=protocol) for name in files]
+
+
+def stored_tables(protocol: str) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """Per round, the tables its shards and its merge store; the rest live and die in place.
+
+    A table is stored when a file that runs after it (a later merge or round) reads it, or the
+    summary does (:data:`SUMMARY_TABLES`).
+    """
+    parts = [files_of(p, protocol) for r in ROUNDS for p in (r.shard_files, r.merge_files)]
+    stored = []
+    for index, files in enumerate(parts):
+        made = {created_table(name) for name in files} - {None}
+        read_after = set().union(*(tables_read(n) for later in parts[index + 1 :] for n in later))
+        stored.append(sorted(made & (read_after | set(SUMMARY_TABLES))))
+    return dict(enumerate(stored[0::2])), dict(enumerate(stored[1::2]))
+
+
+def global_cut(connect: Connect, cfg: ExtractConfig, records: list[dict]) -> int | None:
+    """The cut every shard binds: the configured one, else the end of the whole log.
+
+    Stage 01 takes the log's end from ``raw_events`` when no cut is set; a shard sees only its
+    own users' events, so the end is taken once over all of them and bound as ``cut_epoch``.
+    """
+    params = stage_params(cfg, {})
+    if params["cut_epoch"] is not None:
+        return params["cut_epoch"]
+    con = connect()
+    try:
+        ((cut,),) = SqlRunner(con, records).run(CUT_FILE)
+    finally:
+        con.close()
+    return None if cut is None else int(cut)
+
+
+def _params(cfg: ExtractConfig, paths: dict[str, Path], cut: int | None) -> dict[str, Any]:
+    return {**stage_params(cfg, paths), "cut_epoch": cut}
+
+
+def _view(con, name: str, files: list[Path]) -> None:
+    """``name`` as a view over Parquet ``files`` (DDL takes no parameters: quoted literals)."""
+    listed = ", ".join(literal(str(path)) for path in files)
+    con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
+
+
+def _store(con, table: str, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{table}.parquet"
+    con.execute(f"COPY {table} TO '{path}' (FORMAT parquet)")
+    con.execute(f"DROP TABLE {table}")
+
+
+def _merged_views(con, work: Path) -> None:
+    for path in sorted((Path(work) / MERGED_DIR).glob("*.parquet")):
+        _view(con, path.stem, [path])
+
+
+def _configure(con, cfg: ExtractConfig, work: Path) -> dict[str, Any]:
+    return configure(con, cfg.memory_limit, cfg.threads, Path(work) / "spill")
+
+
+def run_shard(
+    connect: Connect,
+    cfg: ExtractConfig,
+    work: Path,
+    round_index: int,
+    shard: int,
+    n_shards: int,
+    cut: int | None,
+) -> list[dict]:
+    """Run one round's per-user files on one shard; store what later files read.
+
+    The connection's ``raw_events`` is narrowed to the shard's users; the shard's tables from
+    earlier rounds and the merged tables are views over their Parquet files.
+
+    Returns:
+        The records of the files run, each with its ``shard``.
+    """
+    round_ = ROUNDS[round_index]
+    own = shard_dir(work, shard)
+    stored, _ = stored_tables(cfg.protocol)
+    con = connect()
+    records: list[dict] = []
+    try:
+        _configure(con, cfg, work)
+        con.execute("ALTER VIEW raw_events RENAME TO raw_events_unsharded")
+        con.execute(
+            "CREATE VIEW raw_events AS SELECT * FROM raw_events_unsharded "
+            f"WHERE hash(user_id) % {int(n_shards)} = {int(shard)}"
+        )
+        _merged_views(con, work)
+        for path in sorted(own.glob("*.parquet")):
+            _view(con, path.stem, [path])
+        paths = {name: own / f"{name}.parquet" for name in SHARD_OUTPUTS}
+        params = _params(cfg, paths, cut)
+        runner = SqlRunner(con, records)
+        for name in files_of(round_.shard_files, cfg.protocol):
+            if name == SUMMARY_FILE:
+                rows = runner.run(name, params, fetch="arrow")
+                con.register("summary_arrow", rows)
+                con.execute(f"CREATE TEMP TABLE {SUMMARY_ROWS} AS SELECT * FROM summary_arrow")
+                _store(con, SUMMARY_ROWS, own)
+            else:
+                runner.run(name, params)
+        for table in stored[round_index]:
+            _store(con, table, own)
+    finally:
+        con.close()
+    return [{**record, "shard": shard} for record in records]
+
+
+def run_merge(
+    connect: Connect,
+    cfg: ExtractConfig,
+    work: Path,
+    round_index: int,
+    n_shards: int,
+    cut: int | None,
+    out_dir: Path | None = None,
+) -> tuple[list[dict], dict[str, Any] | None]:
+    """Run one round's global files over every shard's tables; store what later files read.
+
+    The last round builds the summary, checks it (an :class:`~recmodel.core.errors.InputError`
+    leaves no output behind) and writes the Dataset's tables to ``out_dir``.
+
+    Returns:
+        ``(records, summary)``; the summary only from the last round.
+    """
+    round_ = ROUNDS[round_index]
+    last = round_index == len(ROUNDS) - 1
+    _, stored = stored_tables(cfg.protocol)
+    shards = [shard_dir(work, k) for k in range(n_shards)]
+    paths = {name: Path(out_dir or work) / f"{name}.parquet" for name in OUTPUTS}
+    params = {
+        **_params(cfg, paths, cut),
+        **{f"shard_{name}": [str(s / f"{name}.parquet") for s in shards] for name in SHARD_OUTPUTS},
+    }
+    con = connect()
+    records: list[dict] = []
+    summary = None
+    try:
+        settings = _configure(con, cfg, work)
+        _merged_views(con, work)
+        for table in sorted({p.stem for p in shards[0].glob("*.parquet")}):
+            _view(con, table, [s / f"{table}.parquet" for s in shards])
+        runner = SqlRunner(con, records)
+        for name in files_of(round_.merge_files, cfg.protocol):
+            if name in WRITE_FILES.values() or name in MERGE_WRITES.values():
+                if summary is None:
+                    summary = _summary(con, cfg, settings, n_shards)
+                    for path in paths.values():
+                        path.unlink(missing_ok=True)
+                runner.run(name, params)
+            elif name == MERGE_SUMMARY_FILE:
+                con.register("merged_rows", runner.run(name, params, fetch="arrow"))
+            else:
+                runner.run(name, params)
+        for table in stored[round_index]:
+            _store(con, table, Path(work) / MERGED_DIR)
+    finally:
+        con.close()
+    return [{**record, "shard": None} for record in records], (summary if last else None)
+
+
+def _summary(con, cfg: ExtractConfig, settings: dict, n_shards: int) -> dict:
+    rows = con.execute("SELECT * FROM merged_rows").fetchall()
+    kept = {
+        "items": con.execute("SELECT count(*) FROM kept_items").fetchall()[0][0],
+        "users": con.execute("SELECT count(*) FROM kept_users").fetchall()[0][0],
+    }
+    summary = build_summary(rows, split_bounds(con), kept, cfg, settings)
+    check_sanity(summary, cfg)
+    return {**summary, "shards": n_shards}
+
+
+def extract_sharded(
+    connect: Connect, cfg: ExtractConfig, out_dir: Path, n_shards: int, work: Path
+) -> ExtractResult:
+    """:func:`~recmodel.ingest.extract.extract`'s result, computed over ``n_shards`` shards.
+
+    Args:
+        connect: opens a new connection with the ``raw_events`` and ``raw_items`` views.
+        cfg: extraction settings.
+        out_dir: where the Dataset's four Parquet tables go.
+        n_shards: user shards (1 runs the same rounds on one shard).
+        work: a directory for the shards' and merges' tables.
+    """
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be at least 1, got {n_shards}")
+    out_dir, work = Path(out_dir), Path(work)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # a stale output must not outlive a failed run
+        (out_dir / f"{name}.parquet").unlink(missing_ok=True)
+    for stale in [*work.glob("shard-*"), work / MERGED_DIR]:  # an earlier run's tables
+        shutil.rmtree(stale, ignore_errors=True)
+    records: list[dict] = []
+    cut = global_cut(connect, cfg, records)
+    summary = None
+    for index in range(len(ROUNDS)):
+        for shard in range(n_shards):
+            records += run_shard(connect, cfg, work, index, shard, n_shards, cut)
+        merged, summary = run_merge(connect, cfg, work, index, n_shards, cut, out_dir)
+        records += merged
+    assert summary is not None
+    paths = {name: out_dir / f"{name}.parquet" for name in OUTPUTS}
+    log.info(
+        "extracted %d events of %d users and %d items over %d shards",
+        summary["n_events"],
+        summary["n_users"],
+        summary["n_items"],
+        n_shards,
+    )
+    return ExtractResult(paths=paths, queries=records, summary=summary)
