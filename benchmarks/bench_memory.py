@@ -8,7 +8,8 @@ The flow runs in a subprocess with its own datastore; every 0.2 s the script rea
 resident memory (``VmRSS`` in ``/proc``) of every process of each step (the step's task and
 its children, such as spawned training workers) and keeps each step's largest sum. It then
 prints the peak beside ``recmodel.core.footprint.requirements`` at the run's own size (raw
-events, users and tracks from the extraction summary; no GPU). Linux only.
+events, users and tracks from the extraction summary; no GPU), with each step's seconds (its
+tasks' start to finish, from the run's metadata). Linux only.
 
 ``--yambda S`` sets the generator to Yambda-5B's shape at 1/S: 1,000,000 / S users with its
 4,790 raw events each, 9,390,000 / S tracks, over 300 days.
@@ -113,7 +114,7 @@ def run_flow(preset: str, overrides: dict, root: Path) -> tuple[dict[str, int], 
     return peaks, time.perf_counter() - start
 
 
-def model_of(root: Path) -> tuple[dict, object]:
+def model_of(root: Path) -> tuple[dict, object, dict[str, float]]:
     os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = str(root)
     from metaflow import Flow, namespace
 
@@ -126,7 +127,11 @@ def model_of(root: Path) -> tuple[dict, object]:
     final = summary["final"]["all"]
     sizes = Sizes(summary["raw"]["events"], final["users"], final["items"])
     cfg = from_dict(run["start"].task["config"].data)
-    return requirements(cfg, sizes, {}), sizes
+    seconds = {
+        step.id: sum((t.finished_at - t.created_at).total_seconds() for t in step.tasks())
+        for step in run.steps()
+    }
+    return requirements(cfg, sizes, {}), sizes, seconds
 
 
 def main() -> None:
@@ -141,17 +146,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         root = Path(tmp)
         peaks, seconds = run_flow(args.preset, overrides, root)
-        needs, sizes = model_of(root)
+        needs, sizes, step_seconds = model_of(root)
     print(
         f"preset {args.preset}, overrides {json.dumps(overrides)}: {sizes.raw_events:,} raw "
         f"events, {sizes.users:,} users, {sizes.tracks:,} tracks; the run took {seconds:.0f} s\n"
     )
-    print("| step | peak RSS (MB) | model (MB) | model / measured |")
-    print("|---|--:|--:|--:|")
+    print("| step | seconds | peak RSS (MB) | model (MB) | model / measured |")
+    print("|---|--:|--:|--:|--:|")
     for step, need in needs.items():
         measured = peaks.get(step, 0) / 1024
         ratio = f"{need.memory / measured:.2f}" if measured else "-"
-        print(f"| {step} | {measured:,.0f} | {need.memory:,} | {ratio} |")
+        took = step_seconds.get(step, 0.0)
+        print(f"| {step} | {took:,.1f} | {measured:,.0f} | {need.memory:,} | {ratio} |")
 
 
 if __name__ == "__main__":

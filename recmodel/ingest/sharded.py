@@ -45,6 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from recmodel.core.config import ExtractConfig
 from recmodel.core.sql import SqlRunner, configure
@@ -65,15 +69,13 @@ log = logging.getLogger(__name__)
 
 CUT_FILE = "shards/cut.sql"
 MERGE_SUMMARY_FILE = "shards/merge_summary.sql"
-MERGE_WRITES = {
-    "events": "shards/write_events.sql",
-    "test_targets": "shards/write_test_targets.sql",
-}
+BATCH_ROWS = 1 << 16  # rows read from a shard's file at a time by merge_by_user
 SUMMARY_ROWS = "summary_rows"  # each shard's rows of stage 11, merged by MERGE_SUMMARY_FILE
 # Tables kept for the summary even when no later file reads them: the users that pass the
 # threshold (counted) and the split times (read back).
 SUMMARY_TABLES = ("kept_users", "split_bounds")
 MERGED_DIR = "merged"
+USER_KEY = "user_idx"
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]  # a new connection with raw_events, raw_items
 
@@ -100,11 +102,11 @@ ROUNDS = (
     Round(
         ("10_final_events.sql", SUMMARY_FILE, WRITE_FILES["events"],
          WRITE_FILES["test_targets"]),
-        (MERGE_SUMMARY_FILE, WRITE_FILES["items"], WRITE_FILES["users"],
-         *MERGE_WRITES.values()),
+        (MERGE_SUMMARY_FILE, WRITE_FILES["items"], WRITE_FILES["users"]),
     ),
 )  # fmt: skip
-SHARD_OUTPUTS = ("events", "test_targets")  # written per shard in the last round, then merged
+# Written per shard in the last round, each sorted by user_idx first; merge_by_user joins them.
+SHARD_OUTPUTS = ("events", "test_targets")
 
 
 def shard_dir(work: Path, shard: int) -> Path:
@@ -245,10 +247,7 @@ def run_merge(
     _, stored = stored_tables(cfg.protocol)
     shards = [shard_dir(work, k) for k in range(n_shards)]
     paths = {name: Path(out_dir or work) / f"{name}.parquet" for name in OUTPUTS}
-    params = {
-        **_params(cfg, paths, cut),
-        **{f"shard_{name}": [str(s / f"{name}.parquet") for s in shards] for name in SHARD_OUTPUTS},
-    }
+    params = _params(cfg, paths, cut)
     con = connect()
     records: list[dict] = []
     summary = None
@@ -259,7 +258,7 @@ def run_merge(
             _view(con, table, [s / f"{table}.parquet" for s in shards])
         runner = SqlRunner(con, records)
         for name in files_of(round_.merge_files, cfg.protocol):
-            if name in WRITE_FILES.values() or name in MERGE_WRITES.values():
+            if name in WRITE_FILES.values():
                 if summary is None:
                     summary = _summary(con, cfg, settings, n_shards)
                     for path in paths.values():
@@ -273,7 +272,67 @@ def run_merge(
             _store(con, table, Path(work) / MERGED_DIR)
     finally:
         con.close()
+    if last:
+        for name in SHARD_OUTPUTS:
+            merge_by_user([s / f"{name}.parquet" for s in shards], paths[name])
     return [{**record, "shard": None} for record in records], (summary if last else None)
+
+
+def merge_by_user(files: list[Path], out: Path, batch_rows: int = BATCH_ROWS) -> int:
+    """Join shard files sorted by ``user_idx`` into one file in ``user_idx`` order.
+
+    Each user's rows lie in one file, in the order they must keep. The files are read a batch at
+    a time; the users below the smallest last user buffered by a file not yet read to its end
+    are complete, so their rows (a prefix of each buffer) are taken and stably sorted by
+    ``user_idx``. Memory holds about a batch per file, whatever the log's size;
+    ``tests/ingest/test_sharded.py`` checks the result against a full sort.
+
+    Returns:
+        The rows written.
+    """
+    readers = [pq.ParquetFile(f).iter_batches(batch_size=batch_rows) for f in files]
+    schema = pq.read_schema(files[0])
+    buffers = [schema.empty_table() for _ in files]
+    done = [False] * len(files)
+
+    def pull(k: int) -> None:
+        batch = next(readers[k], None)
+        if batch is None:
+            done[k] = True
+        else:
+            buffers[k] = pa.concat_tables([buffers[k], pa.Table.from_batches([batch], schema)])
+
+    written = 0
+    with pq.ParquetWriter(out, schema) as writer:
+        while True:
+            for k in range(len(files)):
+                if not done[k] and buffers[k].num_rows == 0:
+                    pull(k)
+            pending = [k for k in range(len(files)) if not done[k]]
+            if not pending and not any(b.num_rows for b in buffers):
+                break
+            lasts = {k: buffers[k][USER_KEY][-1].as_py() for k in pending}
+            bound = min(lasts.values()) if pending else None
+            parts = []
+            for k, buffer in enumerate(buffers):
+                cut = buffer.num_rows if bound is None else _first_at(buffer, bound)
+                parts.append(buffer.slice(0, cut))
+                buffers[k] = buffer.slice(cut)
+            chunk = pa.concat_tables(parts)
+            if chunk.num_rows:
+                order = pc.sort_indices(chunk, sort_keys=[(USER_KEY, "ascending")])  # stable
+                writer.write_table(chunk.take(order))
+                written += chunk.num_rows
+            else:  # the files at the bound hold that one user only so far: read on
+                for k in pending:
+                    if lasts[k] == bound:
+                        pull(k)
+    return written
+
+
+def _first_at(table: pa.Table, user: int) -> int:
+    """The first row of ``table`` (sorted by user) whose user is ``user`` or later."""
+    return int(np.searchsorted(table[USER_KEY].to_numpy(), user, side="left"))
 
 
 def _summary(con, cfg: ExtractConfig, settings: dict, n_shards: int) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,7 +14,13 @@ from recmodel.core.errors import InputError
 from recmodel.core.presets import load_preset, with_overrides
 from recmodel.ingest.extract import OUTPUTS, extract
 from recmodel.ingest.readers import SourceSpec
-from recmodel.ingest.sharded import ROUNDS, extract_sharded, shard_dir, stored_tables
+from recmodel.ingest.sharded import (
+    ROUNDS,
+    extract_sharded,
+    merge_by_user,
+    shard_dir,
+    stored_tables,
+)
 from recmodel.ingest.sources import register_source
 from recmodel.synthetic.generator import generate
 from tests.ingest.test_extract import config, connect, random_log
@@ -172,3 +179,33 @@ def test_only_what_a_later_file_reads_is_stored():
 def test_shard_count_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         extract_sharded(lambda: connect([]), config(), tmp_path, 0, tmp_path)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("batch_rows", [1, 3, 64, 10_000])
+def test_merge_by_user_equals_a_full_stable_sort(tmp_path, seed, batch_rows):
+    """Random user-sorted shards (users in one shard each, some empty, some long) against
+    a plain stable sort of their concatenation."""
+    rng = np.random.default_rng(seed)
+    n_shards, n_users = int(rng.integers(1, 6)), int(rng.integers(0, 40))
+    shard_of = rng.integers(0, n_shards, n_users)
+    files, pieces = [], []
+    for k in range(n_shards):
+        users = np.flatnonzero(shard_of == k)
+        counts = rng.choice([1, 2, 5, 70], len(users))
+        user = np.repeat(users, counts).astype(np.int32)
+        table = pa.table({"user_idx": user, "row": rng.permutation(len(user)).astype(np.int64)})
+        files.append(tmp_path / f"{k}.parquet")
+        pq.write_table(table, files[-1])
+        pieces.append(table)
+    out = tmp_path / "out.parquet"
+    written = merge_by_user(files, out, batch_rows=batch_rows)
+    everything = pa.concat_tables(pieces)
+    expected = sorted(
+        zip(everything["user_idx"].to_pylist(), range(everything.num_rows), strict=True)
+    )
+    expected_rows = [everything["row"][i].as_py() for _, i in expected]
+    got = pq.read_table(out)
+    assert written == got.num_rows == everything.num_rows
+    assert got["user_idx"].to_pylist() == [u for u, _ in expected]
+    assert got["row"].to_pylist() == expected_rows
