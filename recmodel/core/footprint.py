@@ -30,6 +30,9 @@ DUCKDB_BYTES_PER_EVENT = 33
 SPILL_FACTOR = 1.6
 PARQUET_BYTES_PER_EVENT = 7.4
 RAW_LOG_BYTES_PER_EVENT = 20  # the generated log (ids, timestamps, ratio, flags), compressed
+# Sharded extraction stores each shard's sessions, split and filtered events as Parquet: 1.3 GB
+# for 47.6M raw events on 10 shards (benchmarks/bench_scale.py, docs/scale.md).
+STAGED_BYTES_PER_EVENT = 28
 FINAL_SHARE = 0.757
 PROCESS_MB = 1_024  # the interpreter, torch/duckdb/pyarrow and Metaflow's task (0.35 GB measured)
 # A training step also holds torch's allocator, the batches built ahead and the evaluation's
@@ -116,12 +119,16 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
 
 
 def _extract(cfg: PipelineConfig, sizes: Sizes) -> Need:
-    """DuckDB holds two event-sized tables at a stage's start; beyond its limit it spills."""
+    """DuckDB holds two event-sized tables of a shard at a stage's start; beyond its limit it
+    spills. Over several user shards (``extract.shards``) it works on one shard's events at a
+    time and stores the shards' tables between rounds."""
+    shards = cfg.extract.shards
     limit = memory_bytes(cfg.extract.memory_limit) or 0
-    working = 2 * DUCKDB_BYTES_PER_EVENT * sizes.raw_events
+    working = 2 * DUCKDB_BYTES_PER_EVENT * sizes.raw_events / shards
     spill = SPILL_FACTOR * working / 2 if working > limit else 0.0
+    staged = STAGED_BYTES_PER_EVENT * sizes.raw_events if shards > 1 else 0.0
     written = PARQUET_BYTES_PER_EVENT * sizes.events + RAW_LOG_BYTES_PER_EVENT * sizes.raw_events
-    return Need(PROCESS_MB + _mb(min(limit, working)), _mb(spill + written))
+    return Need(PROCESS_MB + _mb(min(limit, working)), _mb(spill + staged + written))
 
 
 def _training(cfg: PipelineConfig, sizes: Sizes, base: Need, batch: int, gpus: int) -> Need:
