@@ -45,8 +45,12 @@ class TwoStageFlow(FlowSpec):
     ::
 
                               start
-                                |
-                         extract_sessions
+                                |   foreach user shard (extract.shards, 1 by default),
+                                |   each round's shards gathered, then merged:
+             shard_sessions -> gather_sessions -> split_times     (sessions | split times)
+                shard_split -> gather_split    -> kept_items      (windows  | kept tracks)
+               shard_filter -> gather_filter   -> vocabularies    (filter   | vocabularies)
+                shard_final -> extract_sessions                   (events   | tables, summary)
                                 |
                             estimate_q
                  /              |               \\
@@ -114,7 +118,14 @@ class TwoStageFlow(FlowSpec):
     def start(self):
         """Resolve the configuration and validate the input before anything expensive."""
         from recmodel.steps.cards import inputs_card
-        from recmodel.steps.data import resolve_warm_start, run_tags, start, tag_run
+        from recmodel.steps.common import RunTables, record_queries
+        from recmodel.steps.data import (
+            plan_extraction,
+            resolve_warm_start,
+            run_tags,
+            start,
+            tag_run,
+        )
         from recmodel.steps.summaries import start_summary
 
         resolved = start(
@@ -132,23 +143,135 @@ class TwoStageFlow(FlowSpec):
         described = (self.config, self.inputs, self.input_checks)
         self.summary = start_summary(*described, self.warm_start_run, tags)
         inputs_card(current.card["inputs"], *described, tags, self.warm_start_run)
+        tables = RunTables(self)
+        self.extract_plan, queries = plan_extraction(self.config, self.inputs, tables)
+        self.extract_queries = record_queries(None, queries, tables)
+        self.extract_shards = self.extract_plan["shards"]
+        self.next(self.shard_sessions, foreach="extract_shards")
+
+    # Extraction over user shards (recmodel.ingest.sharded): four rounds of per-user SQL, one
+    # foreach task per shard; after each, a join gathers the shards and the next step runs the
+    # round's global SQL over every shard's tables (Metaflow lets no join fan out again).
+    # Every task of it gets extract_sessions's pod.
+
+    @retry(times=2)
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def shard_sessions(self):
+        """Round 1 on one user shard: clean the events and cut them into sessions."""
+        self._extract_shard(0)
+        self.next(self.gather_sessions)
+
+    @step
+    def gather_sessions(self, inputs):
+        """The shards of round 1, gathered."""
+        self._gather_shards(inputs, 0)
+        self.next(self.split_times)
+
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def split_times(self):
+        """Round 1's merge: the split times, from every shard's sessions."""
+        self._merge_shards(0)
+        self.next(self.shard_split, foreach="extract_shards")
+
+    @retry(times=2)
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def shard_split(self):
+        """Round 2 on one user shard: label each event with its split window."""
+        self._extract_shard(1)
+        self.next(self.gather_split)
+
+    @step
+    def gather_split(self, inputs):
+        """The shards of round 2, gathered."""
+        self._gather_shards(inputs, 1)
+        self.next(self.kept_items)
+
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def kept_items(self):
+        """Round 2's merge: the tracks frequent enough to be modelled."""
+        self._merge_shards(1)
+        self.next(self.shard_filter, foreach="extract_shards")
+
+    @retry(times=2)
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def shard_filter(self):
+        """Round 3 on one user shard: the users with enough history, their kept events."""
+        self._extract_shard(2)
+        self.next(self.gather_filter)
+
+    @step
+    def gather_filter(self, inputs):
+        """The shards of round 3, gathered."""
+        self._gather_shards(inputs, 2)
+        self.next(self.vocabularies)
+
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def vocabularies(self):
+        """Round 3's merge: the track and user vocabularies."""
+        self._merge_shards(2)
+        self.next(self.shard_final, foreach="extract_shards")
+
+    @retry(times=2)
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def shard_final(self):
+        """Round 4 on one user shard: final events, test targets and summary counts."""
+        self._extract_shard(3)
         self.next(self.extract_sessions)
+
+    def _extract_shard(self, round_index):
+        from recmodel.steps.common import RunTables
+        from recmodel.steps.data import extract_shard
+        from recmodel.steps.summaries import shards_summary
+
+        queries = extract_shard(self.config, self.extract_plan, round_index, self.input)
+        self.shard_queries = RunTables(self).write_json(queries, f"sql_queries_{self.input}")
+        self.summary = shards_summary(round_index, queries, self.input)
+
+    def _gather_shards(self, inputs, round_index):
+        """Carry the run's artifacts through a shards' join, with every shard's queries."""
+        from recmodel.core.files import read_json
+        from recmodel.steps.common import RunTables, record_queries
+        from recmodel.steps.summaries import shards_summary
+
+        self.merge_artifacts(inputs, exclude=["shard_queries", "summary"])
+        gathered = [query for task in inputs for query in read_json(task.shard_queries)]
+        self.extract_queries = record_queries(self.extract_queries, gathered, RunTables(self))
+        self.summary = shards_summary(round_index, gathered)
+
+    def _merge_shards(self, round_index):
+        from recmodel.steps.common import RunTables, record_queries
+        from recmodel.steps.data import merge_shards
+        from recmodel.steps.summaries import shards_summary
+
+        merged = merge_shards(self.config, self.extract_plan, round_index)
+        self.extract_queries = record_queries(self.extract_queries, merged, RunTables(self))
+        self.summary = shards_summary(round_index, merged)
 
     @card(type="blank", id="data")
     @retry(times=2)
     @timeout(hours=4)
     @resources(**pods.steps.extract_sessions)
     @step
-    def extract_sessions(self):
-        """DuckDB SQL: clean, sessionize, filter, split and index the listening events."""
+    def extract_sessions(self, inputs):
+        """DuckDB SQL, last merge: the summary and the Dataset's tables from every shard."""
         from recmodel.steps.cards import data_card
         from recmodel.steps.common import RunTables, record_queries
-        from recmodel.steps.data import extract_sessions
+        from recmodel.steps.data import finish_extraction
         from recmodel.steps.summaries import extract_summary
 
+        self._gather_shards(inputs, 3)
         tables = RunTables(self)
-        self.tables, queries, self.data_summary = extract_sessions(self.config, self.inputs, tables)
-        self.sql_queries = record_queries(None, queries, tables)
+        self.tables, queries, self.data_summary = finish_extraction(
+            self.config, self.inputs, self.extract_plan, tables
+        )
+        self.sql_queries = record_queries(self.extract_queries, queries, tables)
         self.test_targets = self.tables["test_targets"]
         self.summary = extract_summary(self.data_summary, self.tables)
         data_card(current.card["data"], self.data_summary)

@@ -38,7 +38,6 @@ over shards, one per round); :func:`extract_sharded` runs them all in order in t
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +47,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recmodel.core.config import ExtractConfig
+from recmodel.core.files import filesystem
 from recmodel.core.sql import SqlRunner, configure
 from recmodel.ingest.extract import (
     OUTPUTS,
@@ -109,8 +110,21 @@ ROUNDS = (
 SHARD_OUTPUTS = ("events", "test_targets")
 
 
-def shard_dir(work: Path, shard: int) -> Path:
-    return Path(work) / f"shard-{shard:04d}"
+def location(base: str | Path, *parts: str) -> str:
+    """``base/part/...``: a local path or an object store URI (DuckDB and pyarrow read both)."""
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def shard_dir(work: str | Path, shard: int) -> str:
+    return location(work, f"shard-{shard:04d}")
+
+
+def table_path(directory: str, table: str) -> str:
+    return location(directory, f"{table}.parquet")
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
 
 
 def files_of(files: tuple[str, ...], protocol: str) -> list[str]:
@@ -149,40 +163,50 @@ def global_cut(connect: Connect, cfg: ExtractConfig, records: list[dict]) -> int
     return None if cut is None else int(cut)
 
 
-def _params(cfg: ExtractConfig, paths: dict[str, Path], cut: int | None) -> dict[str, Any]:
+def _params(cfg: ExtractConfig, paths: dict[str, Any], cut: int | None) -> dict[str, Any]:
     return {**stage_params(cfg, paths), "cut_epoch": cut}
 
 
-def _view(con, name: str, files: list[Path]) -> None:
+def _view(con, name: str, files: list[str]) -> None:
     """``name`` as a view over Parquet ``files`` (DDL takes no parameters: quoted literals)."""
-    listed = ", ".join(literal(str(path)) for path in files)
+    listed = ", ".join(literal(path) for path in files)
     con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")
 
 
-def _store(con, table: str, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{table}.parquet"
-    con.execute(f"COPY {table} TO '{path}' (FORMAT parquet)")
+def _store(con, table: str, directory: str) -> None:
+    if _is_local(directory):
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    con.execute(f"COPY {table} TO {literal(table_path(directory, table))} (FORMAT parquet)")
     con.execute(f"DROP TABLE {table}")
 
 
-def _merged_views(con, work: Path) -> None:
-    for path in sorted((Path(work) / MERGED_DIR).glob("*.parquet")):
-        _view(con, path.stem, [path])
+def tables_before(protocol: str, round_index: int) -> tuple[list[str], list[str]]:
+    """The tables each shard and the merges have stored by the start of a round."""
+    shards, merges = stored_tables(protocol)
+    return (
+        [t for r in range(round_index) for t in shards[r]],
+        [t for r in range(round_index) for t in merges[r]],
+    )
 
 
-def _configure(con, cfg: ExtractConfig, work: Path) -> dict[str, Any]:
-    return configure(con, cfg.memory_limit, cfg.threads, Path(work) / "spill")
+def _merged_views(con, work: str, names: list[str]) -> None:
+    for name in names:
+        _view(con, name, [table_path(location(work, MERGED_DIR), name)])
+
+
+def _configure(con, cfg: ExtractConfig, spill_dir: Path | None) -> dict[str, Any]:
+    return configure(con, cfg.memory_limit, cfg.threads, spill_dir)
 
 
 def run_shard(
     connect: Connect,
     cfg: ExtractConfig,
-    work: Path,
+    work: str | Path,
     round_index: int,
     shard: int,
     n_shards: int,
     cut: int | None,
+    spill_dir: Path | None = None,
 ) -> list[dict]:
     """Run one round's per-user files on one shard; store what later files read.
 
@@ -195,19 +219,20 @@ def run_shard(
     round_ = ROUNDS[round_index]
     own = shard_dir(work, shard)
     stored, _ = stored_tables(cfg.protocol)
+    own_tables, merged_tables = tables_before(cfg.protocol, round_index)
     con = connect()
     records: list[dict] = []
     try:
-        _configure(con, cfg, work)
+        _configure(con, cfg, spill_dir)
         con.execute("ALTER VIEW raw_events RENAME TO raw_events_unsharded")
         con.execute(
             "CREATE VIEW raw_events AS SELECT * FROM raw_events_unsharded "
             f"WHERE hash(user_id) % {int(n_shards)} = {int(shard)}"
         )
-        _merged_views(con, work)
-        for path in sorted(own.glob("*.parquet")):
-            _view(con, path.stem, [path])
-        paths = {name: own / f"{name}.parquet" for name in SHARD_OUTPUTS}
+        _merged_views(con, work, merged_tables)
+        for table in own_tables:
+            _view(con, table, [table_path(own, table)])
+        paths = {name: table_path(own, name) for name in SHARD_OUTPUTS}
         params = _params(cfg, paths, cut)
         runner = SqlRunner(con, records)
         for name in files_of(round_.shard_files, cfg.protocol):
@@ -228,11 +253,12 @@ def run_shard(
 def run_merge(
     connect: Connect,
     cfg: ExtractConfig,
-    work: Path,
+    work: str | Path,
     round_index: int,
     n_shards: int,
     cut: int | None,
     out_dir: Path | None = None,
+    spill_dir: Path | None = None,
 ) -> tuple[list[dict], dict[str, Any] | None]:
     """Run one round's global files over every shard's tables; store what later files read.
 
@@ -245,40 +271,46 @@ def run_merge(
     round_ = ROUNDS[round_index]
     last = round_index == len(ROUNDS) - 1
     _, stored = stored_tables(cfg.protocol)
+    shard_tables = tables_before(cfg.protocol, round_index + 1)[0]
+    merged_tables = tables_before(cfg.protocol, round_index)[1]
+    if last:
+        shard_tables += [*SHARD_OUTPUTS, SUMMARY_ROWS]
     shards = [shard_dir(work, k) for k in range(n_shards)]
-    paths = {name: Path(out_dir or work) / f"{name}.parquet" for name in OUTPUTS}
+    paths = {name: Path(out_dir or ".") / f"{name}.parquet" for name in OUTPUTS}
+    if last:
+        Path(out_dir or ".").mkdir(parents=True, exist_ok=True)
+        for path in paths.values():  # a stale output must not outlive a failed run
+            path.unlink(missing_ok=True)
     params = _params(cfg, paths, cut)
     con = connect()
     records: list[dict] = []
     summary = None
     try:
-        settings = _configure(con, cfg, work)
-        _merged_views(con, work)
-        for table in sorted({p.stem for p in shards[0].glob("*.parquet")}):
-            _view(con, table, [s / f"{table}.parquet" for s in shards])
+        settings = _configure(con, cfg, spill_dir)
+        _merged_views(con, work, merged_tables)
+        for table in shard_tables:
+            _view(con, table, [table_path(s, table) for s in shards])
         runner = SqlRunner(con, records)
         for name in files_of(round_.merge_files, cfg.protocol):
             if name in WRITE_FILES.values():
                 if summary is None:
                     summary = _summary(con, cfg, settings, n_shards)
-                    for path in paths.values():
-                        path.unlink(missing_ok=True)
                 runner.run(name, params)
             elif name == MERGE_SUMMARY_FILE:
                 con.register("merged_rows", runner.run(name, params, fetch="arrow"))
             else:
                 runner.run(name, params)
         for table in stored[round_index]:
-            _store(con, table, Path(work) / MERGED_DIR)
+            _store(con, table, location(work, MERGED_DIR))
     finally:
         con.close()
     if last:
         for name in SHARD_OUTPUTS:
-            merge_by_user([s / f"{name}.parquet" for s in shards], paths[name])
+            merge_by_user([table_path(s, name) for s in shards], paths[name])
     return [{**record, "shard": None} for record in records], (summary if last else None)
 
 
-def merge_by_user(files: list[Path], out: Path, batch_rows: int = BATCH_ROWS) -> int:
+def merge_by_user(files: list[str], out: Path, batch_rows: int = BATCH_ROWS) -> int:
     """Join shard files sorted by ``user_idx`` into one file in ``user_idx`` order.
 
     Each user's rows lie in one file, in the order they must keep. The files are read a batch at
@@ -290,8 +322,9 @@ def merge_by_user(files: list[Path], out: Path, batch_rows: int = BATCH_ROWS) ->
     Returns:
         The rows written.
     """
-    readers = [pq.ParquetFile(f).iter_batches(batch_size=batch_rows) for f in files]
-    schema = pq.read_schema(files[0])
+    opened = [pq.ParquetFile(path, filesystem=fs) for fs, path in map(filesystem, map(str, files))]
+    readers = [f.iter_batches(batch_size=batch_rows) for f in opened]
+    schema = opened[0].schema_arrow
     buffers = [schema.empty_table() for _ in files]
     done = [False] * len(files)
 
@@ -346,8 +379,20 @@ def _summary(con, cfg: ExtractConfig, settings: dict, n_shards: int) -> dict:
     return {**summary, "shards": n_shards}
 
 
+def remove_tables(work: str | Path) -> None:
+    """Delete the shards' and merges' tables under ``work`` (a local folder or a URI)."""
+    fs, path = filesystem(str(work))
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
 def extract_sharded(
-    connect: Connect, cfg: ExtractConfig, out_dir: Path, n_shards: int, work: Path
+    connect: Connect,
+    cfg: ExtractConfig,
+    out_dir: Path,
+    n_shards: int,
+    work: Path,
+    spill_dir: Path | None = None,
 ) -> ExtractResult:
     """:func:`~recmodel.ingest.extract.extract`'s result, computed over ``n_shards`` shards.
 
@@ -356,23 +401,22 @@ def extract_sharded(
         cfg: extraction settings.
         out_dir: where the Dataset's four Parquet tables go.
         n_shards: user shards (1 runs the same rounds on one shard).
-        work: a directory for the shards' and merges' tables.
+        work: a local directory for the shards' and merges' tables.
+        spill_dir: DuckDB's temporary directory; None keeps each connection's.
     """
     if n_shards < 1:
         raise ValueError(f"n_shards must be at least 1, got {n_shards}")
     out_dir, work = Path(out_dir), Path(work)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name in OUTPUTS:  # a stale output must not outlive a failed run
         (out_dir / f"{name}.parquet").unlink(missing_ok=True)
-    for stale in [*work.glob("shard-*"), work / MERGED_DIR]:  # an earlier run's tables
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_tables(work)  # an earlier run's
     records: list[dict] = []
     cut = global_cut(connect, cfg, records)
     summary = None
     for index in range(len(ROUNDS)):
         for shard in range(n_shards):
-            records += run_shard(connect, cfg, work, index, shard, n_shards, cut)
-        merged, summary = run_merge(connect, cfg, work, index, n_shards, cut, out_dir)
+            records += run_shard(connect, cfg, work, index, shard, n_shards, cut, spill_dir)
+        merged, summary = run_merge(connect, cfg, work, index, n_shards, cut, out_dir, spill_dir)
         records += merged
     assert summary is not None
     paths = {name: out_dir / f"{name}.parquet" for name in OUTPUTS}

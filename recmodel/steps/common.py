@@ -65,6 +65,10 @@ class RunTables:
     def uri(self, name: str, suffix: str = ".parquet") -> str:
         return f"{self.root}/{name}{suffix}"
 
+    def location(self, name: str) -> str:
+        """A folder (or URI prefix) of the run's for files that later steps share."""
+        return f"{self.root}/{name}"
+
     def publish(self, local_path: str | Path, name: str) -> dict[str, Any]:
         """Publish a finished Parquet file; returns its reference (a plain dict)."""
         return publish(local_path, self.uri(name))
@@ -91,7 +95,7 @@ def record_queries(earlier: Any, records: list[dict], tables: RunTables) -> dict
 
     The full text of every executed file, with its parameters, rows and seconds, is tens of KB:
     kept in a file (``load_artifact("sql_queries")`` reads it), not carried through every step
-    as an artifact. The reference lists the files in the order they ran.
+    as an artifact. The reference lists each file once, in the order they first ran.
 
     Args:
         earlier: the ``sql_queries`` artifact of the previous step: a reference, a list of
@@ -104,8 +108,20 @@ def record_queries(earlier: Any, records: list[dict], tables: RunTables) -> dict
     elif isinstance(earlier, dict):
         earlier = read_json(earlier)
     queries = [*earlier, *records]
-    files = [f"{q['file']} ({q.get('rows', '?')} rows)" for q in queries]
-    return tables.write_json(queries, "sql_queries", queries=len(queries), files=files)
+    return tables.write_json(queries, "sql_queries", queries=len(queries), files=_files(queries))
+
+
+def _files(queries: list[dict]) -> list[str]:
+    """Each file once, in the order it first ran, with its rows (summed over user shards)."""
+    rows: dict[str, list] = {}
+    for query in queries:
+        rows.setdefault(query["file"], []).append(query.get("rows"))
+    described = []
+    for file, counts in rows.items():
+        total = "?" if None in counts else f"{sum(counts):,}"
+        runs = f"{len(counts)} runs, " if len(counts) > 1 else ""
+        described.append(f"{file} ({runs}{total} rows)")
+    return described
 
 
 def config_of(config: dict) -> PipelineConfig:

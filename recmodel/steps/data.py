@@ -18,10 +18,17 @@ from recmodel.core.footprint import run_problems
 from recmodel.core.presets import load_preset, with_overrides
 from recmodel.core.tables import local_path, read_table
 from recmodel.ingest.checks import validate_source
-from recmodel.ingest.extract import extract
+from recmodel.ingest.extract import OUTPUTS, extract
 from recmodel.ingest.qtable import build_q_table
 from recmodel.ingest.readers import SourceSpec
-from recmodel.ingest.sharded import extract_sharded
+from recmodel.ingest.sharded import (
+    ROUNDS,
+    extract_sharded,
+    global_cut,
+    remove_tables,
+    run_merge,
+    run_shard,
+)
 from recmodel.ingest.sources import register_source
 from recmodel.steps.cards import q_card
 from recmodel.steps.common import RunTables, config_of, connect_for, stops_on_bad_input
@@ -118,12 +125,7 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
         work = Path(tmp)
         started = time.perf_counter()
         spec = _source_spec(cfg, inputs, work)
-
-        def open_source():
-            con = connect_for(cfg, work / "spill")
-            register_source(con, spec)
-            return con
-
+        open_source = _opener(cfg, spec, work / "spill")
         con = open_source()
         validate_source(con, spec, listen_threshold_pct=cfg.extract.listen_threshold_pct)
         if cfg.extract.shards > 1:
@@ -142,6 +144,112 @@ def extract_sessions(config: dict, inputs: dict, tables: RunTables) -> tuple[dic
         "seconds": round(time.perf_counter() - started, 2),
     }
     return refs, result.queries, summary
+
+
+def _opener(cfg: PipelineConfig, spec: SourceSpec, spill_dir: Path):
+    """A function that opens a new connection with the source's views (one per shard)."""
+
+    def open_source():
+        con = connect_for(cfg, spill_dir)
+        register_source(con, spec)
+        return con
+
+    return open_source
+
+
+def _plan_spec(plan: dict) -> SourceSpec:
+    source = plan["source"]
+    return SourceSpec(kind=source["kind"], events=source["events"], items=source["items"] or None)
+
+
+def plan_extraction(config: dict, inputs: dict, tables: RunTables) -> tuple[dict, list]:
+    """What every shard of the extraction shares: the raw log, its end, the shards, a place.
+
+    The built-in log is generated here, once, and published beside the run's tables, so that
+    every shard task reads the same files (local or in the object store).
+
+    Returns:
+        ``(plan, sql_queries)``: ``plan`` has ``source`` (kind, events, items), ``cut`` (the
+        log's end or the configured cut, bound to every shard), ``shards`` (their numbers),
+        ``work`` (where the shards' tables go) and ``started`` (epoch seconds).
+    """
+    cfg = config_of(config)
+    started = time.time()
+    source = {key: inputs[key] for key in ("kind", "events", "items")}
+    with tempfile.TemporaryDirectory(prefix="recmodel-plan-") as tmp:
+        if inputs["kind"] == SYNTHETIC:
+            spec = _source_spec(cfg, inputs, Path(tmp))
+            source = {
+                "kind": spec.kind,
+                "events": local_path(tables.publish(spec.events, "raw_events")),
+                "items": local_path(tables.publish(spec.items, "raw_items")),
+            }
+        records: list[dict] = []
+        opener = _opener(cfg, _plan_spec({"source": source}), Path(tmp) / "spill")
+        cut = global_cut(opener, cfg.extract, records)
+    plan = {
+        "source": source,
+        "cut": cut,
+        "shards": list(range(cfg.extract.shards)),
+        "work": tables.location("extract_shards"),
+        "started": started,
+    }
+    return plan, records
+
+
+@stops_on_bad_input
+def extract_shard(config: dict, plan: dict, round_index: int, shard: int) -> list[dict]:
+    """One round of the extraction's per-user SQL on one user shard (a foreach task)."""
+    cfg = config_of(config)
+    with tempfile.TemporaryDirectory(prefix="recmodel-shard-") as tmp:
+        opener = _opener(cfg, _plan_spec(plan), Path(tmp) / "spill")
+        n_shards = len(plan["shards"])
+        return run_shard(
+            opener, cfg.extract, plan["work"], round_index, shard, n_shards, plan["cut"]
+        )
+
+
+@stops_on_bad_input
+def merge_shards(config: dict, plan: dict, round_index: int) -> list[dict]:
+    """One round's global SQL over every shard's tables (a foreach's join), but the last."""
+    cfg = config_of(config)
+    with tempfile.TemporaryDirectory(prefix="recmodel-merge-") as tmp:
+        opener = _opener(cfg, _plan_spec(plan), Path(tmp) / "spill")
+        n_shards = len(plan["shards"])
+        records, _ = run_merge(
+            opener, cfg.extract, plan["work"], round_index, n_shards, plan["cut"]
+        )
+    return records
+
+
+@stops_on_bad_input
+def finish_extraction(
+    config: dict, inputs: dict, plan: dict, tables: RunTables
+) -> tuple[dict, list, dict]:
+    """The last merge: the summary, its checks and the Dataset's tables, published.
+
+    Returns:
+        ``(tables, sql_queries, data_summary)`` as :func:`extract_sessions` returns them.
+    """
+    cfg = config_of(config)
+    with tempfile.TemporaryDirectory(prefix="recmodel-extract-") as tmp:
+        work = Path(tmp)
+        opener = _opener(cfg, _plan_spec(plan), work / "spill")
+        n_shards, last = len(plan["shards"]), len(ROUNDS) - 1
+        records, summary = run_merge(
+            opener, cfg.extract, plan["work"], last, n_shards, plan["cut"], work / "out"
+        )
+        paths = {name: work / "out" / f"{name}.parquet" for name in OUTPUTS}
+        if inputs.get("ranker_scores"):
+            check_ranker_scores_ids(inputs["ranker_scores"], paths)
+        refs = {name: tables.publish(path, name) for name, path in paths.items()}
+    remove_tables(plan["work"])  # the shards' tables: the published ones replace them
+    summary = {
+        **summary,
+        "source": inputs["kind"],
+        "seconds": round(time.time() - plan["started"], 2),
+    }
+    return refs, records, summary
 
 
 def estimate_q(

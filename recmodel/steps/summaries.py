@@ -32,6 +32,21 @@ def to_summary(value: dict[str, Any]) -> str:
     return text
 
 
+def shards_summary(round_index: int, records: list[dict], shard: int | None = None) -> str:
+    """A round of the sharded extraction: which files ran on which shard, rows and seconds."""
+    return to_summary(
+        {
+            "round": round_index + 1,
+            "shard": shard,
+            "files": [
+                f"{q['file']}: {q['rows']:,} rows, {q['seconds']:.2f} s"
+                + ("" if q.get("shard") is None or shard is not None else f" (shard {q['shard']})")
+                for q in records[-24:]
+            ],
+        }
+    )
+
+
 def start_summary(
     config: dict, inputs: dict, checks: dict, warm_start_run: str | None, tags: list[str]
 ) -> str:

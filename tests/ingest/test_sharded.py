@@ -20,6 +20,7 @@ from recmodel.ingest.sharded import (
     merge_by_user,
     shard_dir,
     stored_tables,
+    table_path,
 )
 from recmodel.ingest.sources import register_source
 from recmodel.synthetic.generator import generate
@@ -88,7 +89,7 @@ def assert_users_partitioned(work, n_shards: int) -> None:
     con = duckdb.connect()
     seen = [
         {row[0] for row in con.execute(f"SELECT DISTINCT user_id FROM '{path}'").fetchall()}
-        for path in (shard_dir(work, k) / "sessions.parquet" for k in range(n_shards))
+        for path in (table_path(shard_dir(work, k), "sessions") for k in range(n_shards))
     ]
     assert sum(map(len, seen)) == len(set().union(*seen))
     if n_shards > 1 and len(set().union(*seen)) >= 20:
