@@ -116,7 +116,8 @@ class TwoStageFlow(FlowSpec):
     @resources(**pods.steps.start)
     @step
     def start(self):
-        """Resolve the configuration and validate the input before anything expensive."""
+        """Resolve the configuration, validate the input before anything expensive, and plan the
+        extraction: the built-in log generated once, the log's end, the user shards."""
         from recmodel.steps.cards import inputs_card
         from recmodel.steps.common import RunTables, record_queries
         from recmodel.steps.data import (

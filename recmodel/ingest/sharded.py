@@ -22,9 +22,11 @@ round  per shard                                  merge (over all shards)
 The files are the very ones :func:`recmodel.ingest.extract.extract` runs on one node, unchanged:
 a stage reads its tables by name, and here those names are views over Parquet files, the
 shard's own or every shard's. Tables a later round or a merge reads are stored as Parquet under
-``work/shard-K/`` and ``work/merged/``; the rest are dropped where they were made. A merge reads
-a column or two of each shard's table through a streaming aggregate, so no process holds the
-events of more than one shard (the final sort of the events table spills like any DuckDB sort).
+``work/shard-K/`` and ``work/merged/`` (``work`` a local folder or an object store prefix); the
+rest are dropped where they were made. A merge reads a column or two of each shard's table
+through a streaming aggregate, and the shards' events and test targets are joined by
+:func:`merge_by_user`, which holds a batch per shard: no process holds the events of more than
+one shard.
 
 The shards' results equal the single-node result row for row (``tests/ingest/test_sharded.py``)
 because each per-user stage sees a whole user, and the two global quantities that do not add up
