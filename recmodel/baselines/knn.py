@@ -21,6 +21,14 @@ CHUNK_BYTES = 2**30
 ENTRY_BYTES = 32
 
 
+def fit_bytes(n_items: int, n_pairs: int, neighbours: int, threads: int) -> int:
+    """Memory item-kNN's fit needs: the similarity's entries (a float32 value and an int32
+    column each, twice while it is converted to CSR), the play matrix and its transpose
+    (12 B a pair each) and implicit's dense accumulator of the catalogue per thread."""
+    similarity = 2 * (n_items + 1) * min(neighbours, n_items) * 8
+    return similarity + 2 * 12 * n_pairs + 8 * (n_items + 1) * max(threads, 1)
+
+
 def user_chunks(
     plays: sp.csr_matrix, neighbours: int, budget_bytes: int = CHUNK_BYTES
 ) -> list[tuple[int, int]]:

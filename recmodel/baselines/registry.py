@@ -18,6 +18,7 @@ validation and test requests.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 
 from recmodel.baselines.als import ALS
 from recmodel.baselines.base import Recommender
-from recmodel.baselines.knn import ItemKNN
+from recmodel.baselines.knn import ItemKNN, fit_bytes
 from recmodel.baselines.simple import Popularity, UserPopular, UserRecent
 from recmodel.baselines.tuning import (
     REFIT_RULE,
@@ -37,7 +38,7 @@ from recmodel.baselines.tuning import (
     tune_and_refit,
     validation_requests,
 )
-from recmodel.core.config import BaselinesConfig
+from recmodel.core.config import BaselinesConfig, memory_bytes
 from recmodel.core.dataset import Dataset, UserItems
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,26 @@ class Baseline:
     name: str
     axes: Callable[[BaselinesConfig], Axes]
     build: Callable[[dict[str, Any], BaselinesConfig, BuildOptions], Recommender]
+    # Why the model cannot run on this data within the config's limits (None: it can).
+    too_large: Callable[[Dataset, BaselinesConfig, BuildOptions], str | None] = (
+        lambda dataset, cfg, opts: None
+    )
+
+
+def _itemknn_too_large(dataset: Dataset, cfg: BaselinesConfig, opts: BuildOptions) -> str | None:
+    limit = memory_bytes(cfg.itemknn_memory_limit) or 0
+    threads = opts.num_threads or os.cpu_count() or 1
+    neighbours = max(cfg.itemknn_neighbours)
+    pairs = len(dataset.item_idx)  # at most one play-matrix entry per event
+    need = fit_bytes(dataset.n_items, pairs, neighbours, threads)
+    if need <= limit:
+        return None
+    return (
+        f"skipped: the similarity of {dataset.n_items:,} tracks x {neighbours} neighbours and the "
+        f"play matrix of up to {pairs:,} pairs need {need / 2**30:.1f} GiB, over "
+        f"baselines.itemknn_memory_limit = {cfg.itemknn_memory_limit!r}; raise it (with the "
+        "baselines pod) or lower baselines.itemknn_neighbours"
+    )
 
 
 def _als(point: dict, cfg: BaselinesConfig, opts: BuildOptions) -> Recommender:
@@ -84,6 +105,7 @@ BASELINES: dict[str, Baseline] = {
         "itemknn",
         lambda cfg: {"neighbours": cfg.itemknn_neighbours, "weighting": cfg.itemknn_weighting},
         lambda p, cfg, opts: ItemKNN(**p, num_threads=opts.num_threads),
+        _itemknn_too_large,
     ),
     "als": Baseline(
         "als",
@@ -134,8 +156,13 @@ def run_baseline(
         On success ``{"name", "status": "ok", "items" int64 [U, k], "scores" float32 [U, k],
         "fit_seconds", "recommend_seconds", "model_size", "params", "tuning", "refit"}``; on
         failure ``{"name", "status": "failed", "error": "Type: message", "traceback"}`` (also
-        logged), so that a failing baseline shows up in the report instead of vanishing.
+        logged), so that a failing baseline shows up in the report instead of vanishing; a model
+        too large for its limits is ``{"name", "status": "skipped", "error": "skipped: why"}``.
     """
+    reason = baseline.too_large(dataset, cfg, options)
+    if reason:
+        log.warning("baseline %s %s", baseline.name, reason)
+        return {"name": baseline.name, "status": "skipped", "error": reason}
     try:
         start = time.perf_counter()
         val = validation_requests(dataset, cfg.tune_users, cfg.seed)

@@ -368,6 +368,17 @@ class BaselinesConfig(Section):
     als_iterations: int = 15
     user_recent_tau_days: tuple[float, ...] = (1.0, 3.0, 7.0, 14.0, 30.0, 90.0)  # grid
     tune_users: int = 2_000  # validation users scored per setting (0 = all)
+    # Item-kNN is skipped, with the reason in the report, when its similarity matrix (tracks x
+    # the grid's largest neighbours) and the play matrix would need more than this.
+    itemknn_memory_limit: str = "16GB"
+
+    def _check_rules(self) -> None:
+        _check(
+            memory_bytes(self.itemknn_memory_limit) is not None,
+            f"baselines.itemknn_memory_limit {self.itemknn_memory_limit!r} is not a size; "
+            "write e.g. '16GB' or '512MB'",
+        )
+
     search: str = "coordinate"  # or "grid": every point of the product
     seed: int = 0
 

@@ -139,7 +139,8 @@ def results_table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         name = f"{model} (reference)" if model == data["reference_model"] else model
         if model in data["failed"]:
             error = _one_line(data["failed"][model])
-            rows.append([name, f"failed: {error}"] + [DASH] * (len(headers) - 2))
+            state = error if error.startswith("skipped:") else f"failed: {error}"
+            rows.append([name, state] + [DASH] * (len(headers) - 2))
             continue
         cells = [_metric_cell(data, model, metric) for metric in metrics]
         training = data["training"].get(model, {})
@@ -264,7 +265,7 @@ def failed_markdown(data: dict[str, Any]) -> str:
     """Full error text of each failed model (empty string when none failed)."""
     if not data["failed"]:
         return ""
-    parts = ["## Failed models", ""]
+    parts = ["## Failed or skipped models", ""]
     for model, error in data["failed"].items():
         parts += [f"**{model}**", "", "```", (error or "unknown error").strip(), "```", ""]
     return "\n".join(parts).rstrip()

@@ -19,7 +19,7 @@ from recmodel.baselines.base import (
     play_matrix,
     top_k_per_row,
 )
-from recmodel.baselines.knn import ENTRY_BYTES, ItemKNN, user_chunks
+from recmodel.baselines.knn import ENTRY_BYTES, ItemKNN, fit_bytes, user_chunks
 from recmodel.baselines.registry import (
     BASELINES,
     Baseline,
@@ -30,7 +30,7 @@ from recmodel.baselines.registry import (
 from recmodel.baselines.simple import Popularity, UserPopular
 from recmodel.baselines.tuning import grid_points, validation_requests
 from recmodel.core.columns import Window
-from recmodel.core.config import BaselinesConfig
+from recmodel.core.config import BaselinesConfig, ConfigError
 from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
 
 PRE, FT, VAL, TEST = Window.PRETRAIN, Window.FINETUNE, Window.VAL, Window.TEST
@@ -596,3 +596,28 @@ def test_users_without_history_get_popularity(name):
     empty = UserItems(np.zeros(4, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
     items, _ = model.fit(data).recommend(empty, np.array([0, 1, 2]), 2)
     assert items.tolist() == [[3, 1]] * 3
+
+
+def test_itemknn_too_large_for_its_limit_is_skipped_with_the_reason():
+    data = random_dataset(0)
+    cfg = BaselinesConfig(itemknn_memory_limit="1KB")
+    out = run("itemknn", data, np.arange(5), 3, cfg)
+    assert out["status"] == "skipped" and out["name"] == "itemknn"
+    assert out["error"].startswith("skipped: the similarity of 30 tracks x 200 neighbours")
+    assert "baselines.itemknn_memory_limit = '1KB'" in out["error"]
+    assert run("itemknn", data, np.arange(5), 3)["status"] == "ok"  # the default 16 GB
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_itemknn_fit_bytes_bound_the_fitted_similarity(seed):
+    data = random_dataset(seed, n_users=60, n_items=80, n_events=3_000)
+    model = ItemKNN(neighbours=10, weighting="cosine", num_threads=1)
+    model.fit(data)
+    similarity = model.similarity
+    held = similarity.data.nbytes + similarity.indices.nbytes + similarity.indptr.nbytes
+    assert held <= fit_bytes(data.n_items, len(data.item_idx), 10, 1)
+
+
+def test_a_bad_itemknn_memory_limit_is_a_config_error():
+    with pytest.raises(ConfigError, match="itemknn_memory_limit 'lots' is not a size"):
+        BaselinesConfig(itemknn_memory_limit="lots")

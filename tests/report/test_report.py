@@ -437,3 +437,15 @@ def test_the_served_system_is_the_reference_and_the_retriever_is_tested_too():
     assert set(report.data["comparisons_by_reference"]) == {"two_stage_ranked", "sasrec_two_stage"}
     same = report.data["comparisons"]["als"]["ndcg@10"]  # identical lists: a zero difference
     assert same["diff"] == 0.0 and not same["significant"]
+
+
+def test_a_skipped_model_shows_its_reason_not_a_failure(one_target_case):
+    c = one_target_case
+    reason = "skipped: the similarity of 9,390,000 tracks x 200 neighbours needs 28.0 GiB"
+    models = {"itemknn": {"status": "skipped", "error": reason}}
+    report = build_report(c["recs"], c["targets"], c["items"], models, PROTOCOL, FAST)
+    assert report.data["failed"] == {"itemknn": reason}
+    row = next(row for row in report.table[1] if row[0] == "itemknn")
+    assert row[1] == reason
+    assert "## Failed or skipped models" in report.markdown
+    assert f"failed: {reason}" not in report.markdown
