@@ -6,62 +6,10 @@
 -- Users and items are not counted on the raw rows (not yet deduplicated) nor on the skips.
 -- The requests rows count, per window after pretrain, the users with events in the window and
 -- history before it (in the users column): whom the window can judge or train on.
--- The listen, skip, sessionized, split and filtered rows were counted by sql/counts/ right
--- after their stage, so that each stage's table could be dropped after its last reader.
+-- The raw, listen, skip, sessionized, split and filtered rows were counted by sql/counts/ right
+-- after their stage (the raw rows before stage 01), so that each stage's table could be dropped
+-- after its last reader and the raw log is read once.
 with
-
-cut as (
-    select coalesce(cast($cut_epoch as bigint), max(cast("timestamp" as bigint))) as t_cut
-    from raw_events
-),
-
-raw_counts as materialized (
-    select
-        count(*) as events,
-        count(*) filter (
-            where user_id is not null and item_id is not null and "timestamp" is not null
-        ) as complete_events,
-        count(*) filter (
-            where user_id is not null and item_id is not null and "timestamp" is not null
-              and cast("timestamp" as bigint) <= cut.t_cut
-              and ($history_seconds <= 0
-                   or cast("timestamp" as bigint) > cut.t_cut - $history_seconds)
-        ) as in_window_events
-    from raw_events, cut
-),
-
-raw as (
-    select
-        'raw' as stage,
-        cast(null as tinyint) as "window",
-        events,
-        cast(null as bigint) as users,
-        cast(null as bigint) as items,
-        cast(null as bigint) as sessions
-    from raw_counts
-),
-
-raw_complete as (
-    select
-        'raw_complete' as stage,
-        cast(null as tinyint) as "window",
-        complete_events as events,
-        cast(null as bigint) as users,
-        cast(null as bigint) as items,
-        cast(null as bigint) as sessions
-    from raw_counts
-),
-
-raw_in_window as (
-    select
-        'raw_in_window' as stage,
-        cast(null as tinyint) as "window",
-        in_window_events as events,
-        cast(null as bigint) as users,
-        cast(null as bigint) as items,
-        cast(null as bigint) as sessions
-    from raw_counts
-),
 
 final_windows as (
     select
@@ -110,9 +58,7 @@ requests as (
 ),
 
 final as (
-    select * from raw
-    union all select * from raw_complete
-    union all select * from raw_in_window
+    select * from raw_events_counts
     union all select * from clean_events_counts
     union all select * from sessions_counts
     union all select * from split_events_counts

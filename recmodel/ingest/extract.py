@@ -39,6 +39,7 @@ TABLE_FILES = (
     "09_user_vocab.sql", "10_final_events.sql",
 )  # fmt: skip
 SUMMARY_FILE = "11_summary.sql"
+RAW_COUNTS_FILE = "counts/raw_events.sql"  # the summary's counts of the raw rows, run first
 # The summary's counts of a stage's table, run right after the stage that builds it.
 COUNT_FILES = {
     table: f"counts/{table}.sql"
@@ -116,9 +117,9 @@ def table_stages(protocol: str) -> list[str]:
 
 
 def extraction_plan(protocol: str) -> list[str]:
-    """Every SQL file in run order: each table stage followed by its counts, the summary, the
-    writes."""
-    plan = []
+    """Every SQL file in run order: the raw rows' counts, each table stage followed by its
+    counts, the summary, the writes."""
+    plan = [RAW_COUNTS_FILE]
     for name in table_stages(protocol):
         plan.append(name)
         counts = COUNT_FILES.get(created_table(name))

@@ -12,7 +12,7 @@ global files once over every shard's tables:
 =====  =========================================  =========================================
 round  per shard                                  merge (over all shards)
 =====  =========================================  =========================================
-1      01 clean events, 02 sessions (+ counts)    03 split times
+1      raw counts, 01 clean events, 02 sessions   03 split times
 2      04 split labels (+ counts)                 05 kept items
 3      06 kept users, 07 filter (+ counts)        08 item vocabulary, 09 user vocabulary
 4      10 final events, 11 summary rows,          the summary, 13 items, 14 users, the
@@ -57,6 +57,7 @@ from recmodel.core.files import filesystem
 from recmodel.core.sql import SqlRunner, configure
 from recmodel.ingest.extract import (
     OUTPUTS,
+    RAW_COUNTS_FILE,
     SUMMARY_FILE,
     WRITE_FILES,
     ExtractResult,
@@ -93,8 +94,8 @@ class Round:
 
 ROUNDS = (
     Round(
-        ("01_clean_events.sql", "counts/clean_events.sql", "02_sessionize.sql",
-         "counts/sessions.sql"),
+        (RAW_COUNTS_FILE, "01_clean_events.sql", "counts/clean_events.sql",
+         "02_sessionize.sql", "counts/sessions.sql"),
         ("03_split_bounds.sql",),
     ),
     Round(("04_split_{protocol}.sql", "counts/split_events.sql"), ("05_kept_items.sql",)),

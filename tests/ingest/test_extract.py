@@ -419,7 +419,8 @@ def test_no_listen_events_is_an_input_error(tmp_path):
 def test_queries_record_each_file_text_params_and_rows(tmp_path):
     result = extract(connect(VOCAB_LOG, ITEMS), config(), tmp_path)
     files = [q["file"] for q in result.queries]
-    assert files[:6] == [
+    assert files[:7] == [
+        "sql/counts/raw_events.sql",
         "sql/01_clean_events.sql",
         "sql/counts/clean_events.sql",
         "sql/02_sessionize.sql",
@@ -471,7 +472,8 @@ def test_each_table_is_dropped_after_its_last_reader(tmp_path, monkeypatch, prot
     cfg = config(protocol=protocol, split_by="days", test_days=4, val_days=3, finetune_days=5)
     result = extract(connect(log), cfg, tmp_path)
     counts = {
-        f"{t}_counts" for t in ("clean_events", "sessions", "split_events", "filtered_events")
+        f"{t}_counts"
+        for t in ("raw_events", "clean_events", "sessions", "split_events", "filtered_events")
     }
     assert alive["08_item_vocab.sql"] == {"split_bounds", "filtered_events", *counts}
     assert alive["11_summary.sql"] == {

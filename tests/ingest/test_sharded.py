@@ -162,7 +162,7 @@ def test_nothing_left_is_the_same_input_error_and_writes_nothing(tmp_path, setti
 def test_only_what_a_later_file_reads_is_stored():
     shards, merges = stored_tables("temporal")
     assert shards == {
-        0: ["clean_events_counts", "sessions", "sessions_counts"],
+        0: ["clean_events_counts", "raw_events_counts", "sessions", "sessions_counts"],
         1: ["split_events", "split_events_counts"],
         2: ["filtered_events", "filtered_events_counts", "kept_users"],
         3: [],
