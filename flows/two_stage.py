@@ -45,6 +45,8 @@ class TwoStageFlow(FlowSpec):
     ::
 
                               start
+                                |
+                         partition_events           the raw events, a folder per user shard
                                 |   foreach user shard (extract.shards, 1 by default),
                                 |   each round's shards gathered, then merged:
              shard_sessions -> gather_sessions -> split_times     (sessions | split times)
@@ -116,17 +118,9 @@ class TwoStageFlow(FlowSpec):
     @resources(**pods.steps.start)
     @step
     def start(self):
-        """Resolve the configuration, validate the input before anything expensive, and plan the
-        extraction: the built-in log generated once, the log's end, the user shards."""
+        """Resolve the configuration and validate the input before anything expensive."""
         from recmodel.steps.cards import inputs_card
-        from recmodel.steps.common import RunTables, record_queries
-        from recmodel.steps.data import (
-            plan_extraction,
-            resolve_warm_start,
-            run_tags,
-            start,
-            tag_run,
-        )
+        from recmodel.steps.data import resolve_warm_start, run_tags, start, tag_run
         from recmodel.steps.summaries import start_summary
 
         resolved = start(
@@ -144,10 +138,23 @@ class TwoStageFlow(FlowSpec):
         described = (self.config, self.inputs, self.input_checks)
         self.summary = start_summary(*described, self.warm_start_run, tags)
         inputs_card(current.card["inputs"], *described, tags, self.warm_start_run)
+        self.next(self.partition_events)
+
+    @retry(times=2)
+    @resources(**pods.steps.extract_sessions)
+    @step
+    def partition_events(self):
+        """Plan the extraction: the built-in log generated once, the log's end, and the raw
+        events written once into a folder per user shard (extract.shards)."""
+        from recmodel.steps.common import RunTables, record_queries
+        from recmodel.steps.data import plan_extraction
+        from recmodel.steps.summaries import shards_summary
+
         tables = RunTables(self)
         self.extract_plan, queries = plan_extraction(self.config, self.inputs, tables)
         self.extract_queries = record_queries(None, queries, tables)
         self.extract_shards = self.extract_plan["shards"]
+        self.summary = shards_summary(-1, queries)
         self.next(self.shard_sessions, foreach="extract_shards")
 
     # Extraction over user shards (recmodel.ingest.sharded): four rounds of per-user SQL, one

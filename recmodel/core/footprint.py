@@ -30,9 +30,11 @@ DUCKDB_BYTES_PER_EVENT = 33
 SPILL_FACTOR = 1.6
 PARQUET_BYTES_PER_EVENT = 7.4
 RAW_LOG_BYTES_PER_EVENT = 20  # the generated log (ids, timestamps, ratio, flags), compressed
-# Sharded extraction stores each shard's sessions, split and filtered events as Parquet: 1.3 GB
-# for 47.6M raw events on 10 shards (benchmarks/bench_scale.py, docs/scale.md).
+# Sharded extraction stores each shard's sessions, split and filtered events as Parquet, and
+# the raw events once more in a folder per shard: 1.32 GB and 0.70 GB for 47.6M raw events on
+# 10 shards (docs/scale.md).
 STAGED_BYTES_PER_EVENT = 28
+PARTITIONED_RAW_BYTES_PER_EVENT = 15
 FINAL_SHARE = 0.757
 PROCESS_MB = 1_024  # the interpreter, torch/duckdb/pyarrow and Metaflow's task (0.35 GB measured)
 # A training step also holds torch's allocator, the batches built ahead and the evaluation's
@@ -126,7 +128,8 @@ def _extract(cfg: PipelineConfig, sizes: Sizes) -> Need:
     limit = memory_bytes(cfg.extract.memory_limit) or 0
     working = 2 * DUCKDB_BYTES_PER_EVENT * sizes.raw_events / shards
     spill = SPILL_FACTOR * working / 2 if working > limit else 0.0
-    staged = STAGED_BYTES_PER_EVENT * sizes.raw_events if shards > 1 else 0.0
+    staged_bytes = STAGED_BYTES_PER_EVENT + PARTITIONED_RAW_BYTES_PER_EVENT
+    staged = staged_bytes * sizes.raw_events if shards > 1 else 0.0
     written = PARQUET_BYTES_PER_EVENT * sizes.events + RAW_LOG_BYTES_PER_EVENT * sizes.raw_events
     return Need(PROCESS_MB + _mb(min(limit, working)), _mb(spill + staged + written))
 

@@ -6,9 +6,10 @@ Sizes`. Every constant is calibrated on this code's benchmarks, at sizes *below*
 is checked at (``tests/core/test_timing.py`` holds the held-out measurements; ``docs/scale.md``
 lists the sources):
 
-- extraction: core-seconds per raw event, from ``benchmarks/bench_scale.py`` at 1/10,000 and
-  1/1,000 of Yambda-5B, divided among DuckDB's threads (it parallelises its scans, joins and
-  window functions); checked at 1/100 (47.6M raw events);
+- extraction: core-seconds per raw event on one shard and on several, from
+  ``benchmarks/calibrate_time.py`` at 1/10,000 and 1/1,000 of Yambda-5B, divided among DuckDB's
+  threads (it parallelises its scans, joins and window functions); checked at 1/100 (47.6M raw
+  events) in the same run;
 - training: model FLOPs per target position (the encoder, attention and the sampled softmax's
   logits, forward and backward) over the FLOP rate measured for the device: a CPU thread
   (one epoch at 1/1,000) or one H200 (``benchmarks/gpu.py``); checked at 1/100;
@@ -28,10 +29,15 @@ from recmodel.core.config import PipelineConfig
 from recmodel.core.footprint import Sizes
 from recmodel.core.resources import STEPS
 
-# Extraction, benchmarks/bench_scale.py (2 DuckDB threads): 0.8 s for 542,912 raw events and
-# 6.3 s for 4,855,225: 1.276 us per event on 2 threads beyond 0.1 s.
-EXTRACT_CORE_SECONDS_PER_EVENT = 2.55e-6
-EXTRACT_FIXED_SECONDS = 0.1
+# Extraction, benchmarks/calibrate_time.py (2 DuckDB threads; medians of 3 runs, interleaved):
+# on one shard 0.9 s for 542,912 raw events and 3.9 s for 4,855,225, so 0.689 us per event on
+# 2 threads beyond 0.52 s; on 10 user shards in one process 3.9 s and 9.1 s: 1.202 us per event
+# beyond 3.24 s (the partition pass, the shards' Parquet tables, a connection per shard and
+# round: 0.27 s per shard).
+EXTRACT_CORE_SECONDS_PER_EVENT = 1.38e-6
+EXTRACT_FIXED_SECONDS = 0.52
+SHARDED_CORE_SECONDS_PER_EVENT = 2.40e-6
+SHARD_FIXED_SECONDS = 0.27
 # The generator (synthetic runs only, in start; one thread): 4.2 s for 4,855,225 raw events.
 GENERATE_SECONDS_PER_EVENT = 0.87e-6
 # Training: one epoch at 1/1,000 took 83.2 s for 0.67 x 3,750,023 target positions on one
@@ -110,9 +116,14 @@ def epoch_seconds(cfg: PipelineConfig, sizes: Sizes, machine: Machine) -> float:
 
 
 def extract_seconds(cfg: PipelineConfig, sizes: Sizes, machine: Machine) -> float:
-    """The SQL extraction, over ``extract.threads`` DuckDB threads (at most the CPUs)."""
+    """The SQL extraction on one machine, over ``extract.threads`` DuckDB threads (at most its
+    CPUs): on one shard, or on ``extract.shards`` run one after the other."""
     threads = max(1, min(cfg.extract.threads, machine.cpus))
-    return EXTRACT_FIXED_SECONDS + EXTRACT_CORE_SECONDS_PER_EVENT * sizes.raw_events / threads
+    shards = cfg.extract.shards
+    if shards == 1:
+        return EXTRACT_FIXED_SECONDS + EXTRACT_CORE_SECONDS_PER_EVENT * sizes.raw_events / threads
+    fixed = EXTRACT_FIXED_SECONDS + SHARD_FIXED_SECONDS * shards
+    return fixed + SHARDED_CORE_SECONDS_PER_EVENT * sizes.raw_events / threads
 
 
 def step_seconds(

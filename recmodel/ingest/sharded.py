@@ -4,10 +4,11 @@ Every stage of the extraction is either *per user* (cleaning, sessions, the spli
 user threshold, the filter, the dense indices, the outputs' rows: a user's rows depend on that
 user's events and on small global tables only) or *global* (the split times, the kept items,
 the vocabularies, the summary's distinct counts: aggregates over every user, no larger than the
-catalogue or the user list). Users are assigned to ``n`` shards by ``hash(user_id) % n``, and the
-extraction runs in four rounds; each round runs the per-user files of :data:`ROUNDS` on every
-shard, each shard on its own connection that sees only its users' raw events, then the round's
-global files once over every shard's tables:
+catalogue or the user list). Users are assigned to ``n`` shards by ``hash(user_id) % n``, the raw
+events are written once into a folder per shard (:func:`partition_raw`), and the extraction runs
+in four rounds; each round runs the per-user files of :data:`ROUNDS` on every shard, each shard
+on its own connection that reads only its folder, then the round's global files once over every
+shard's tables:
 
 =====  =========================================  =========================================
 round  per shard                                  merge (over all shards)
@@ -72,6 +73,9 @@ from recmodel.ingest.summary import build_summary, check_sanity
 log = logging.getLogger(__name__)
 
 CUT_FILE = "shards/cut.sql"
+PARTITION_FILE = "shards/partition_raw.sql"
+RAW_DIR = "raw"  # the raw events by shard, under work
+PARTITION_FLUSH_ROWS = 65_536  # per thread and shard: bounds the partitioned write's buffers
 MERGE_SUMMARY_FILE = "shards/merge_summary.sql"
 BATCH_ROWS = 1 << 16  # rows read from a shard's file at a time by merge_by_user
 SUMMARY_ROWS = "summary_rows"  # each shard's rows of stage 11, merged by MERGE_SUMMARY_FILE
@@ -166,6 +170,41 @@ def global_cut(connect: Connect, cfg: ExtractConfig, records: list[dict]) -> int
     return None if cut is None else int(cut)
 
 
+def partition_raw(
+    connect: Connect, cfg: ExtractConfig, work: str | Path, n_shards: int, records: list[dict]
+) -> None:
+    """Write the raw events once, a folder per user shard, for the shards to read their own.
+
+    One streaming pass over the log (DuckDB's partitioned write spills like any other), so
+    that no shard task scans the whole log.
+    """
+    raw_dir = location(work, RAW_DIR)
+    if _is_local(raw_dir):
+        Path(raw_dir).mkdir(parents=True, exist_ok=True)
+    con = connect()
+    try:
+        _configure(con, cfg, None)
+        # Rows a thread buffers per shard before it writes them (DuckDB's default: 524,288).
+        con.execute(f"SET partitioned_write_flush_threshold = {PARTITION_FLUSH_ROWS}")
+        SqlRunner(con, records).run(PARTITION_FILE, {"n_shards": n_shards, "raw_dir": raw_dir})
+    finally:
+        con.close()
+
+
+def _shard_events(con, work: str | Path, shard: int) -> None:
+    """Narrow ``raw_events`` to the shard's own folder of partitioned raw events."""
+    folder = location(work, RAW_DIR, f"shard={shard}")
+    con.execute("ALTER VIEW raw_events RENAME TO raw_events_unsharded")
+    fs, path = filesystem(folder)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:  # a shard without users
+        con.execute("CREATE VIEW raw_events AS SELECT * FROM raw_events_unsharded WHERE false")
+        return
+    files = literal(location(folder, "*.parquet"))
+    con.execute(
+        f"CREATE VIEW raw_events AS SELECT * FROM read_parquet({files}, hive_partitioning = false)"
+    )
+
+
 def _params(cfg: ExtractConfig, paths: dict[str, Any], cut: int | None) -> dict[str, Any]:
     return {**stage_params(cfg, paths), "cut_epoch": cut}
 
@@ -213,8 +252,8 @@ def run_shard(
 ) -> list[dict]:
     """Run one round's per-user files on one shard; store what later files read.
 
-    The connection's ``raw_events`` is narrowed to the shard's users; the shard's tables from
-    earlier rounds and the merged tables are views over their Parquet files.
+    The connection's ``raw_events`` is the shard's folder of :func:`partition_raw`; the shard's
+    tables from earlier rounds and the merged tables are views over their Parquet files.
 
     Returns:
         The records of the files run, each with its ``shard``.
@@ -227,11 +266,7 @@ def run_shard(
     records: list[dict] = []
     try:
         _configure(con, cfg, spill_dir)
-        con.execute("ALTER VIEW raw_events RENAME TO raw_events_unsharded")
-        con.execute(
-            "CREATE VIEW raw_events AS SELECT * FROM raw_events_unsharded "
-            f"WHERE hash(user_id) % {int(n_shards)} = {int(shard)}"
-        )
+        _shard_events(con, work, shard)
         _merged_views(con, work, merged_tables)
         for table in own_tables:
             _view(con, table, [table_path(own, table)])
@@ -415,6 +450,7 @@ def extract_sharded(
     remove_tables(work)  # an earlier run's
     records: list[dict] = []
     cut = global_cut(connect, cfg, records)
+    partition_raw(connect, cfg, work, n_shards, records)
     summary = None
     for index in range(len(ROUNDS)):
         for shard in range(n_shards):

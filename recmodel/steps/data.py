@@ -25,6 +25,7 @@ from recmodel.ingest.sharded import (
     ROUNDS,
     extract_sharded,
     global_cut,
+    partition_raw,
     remove_tables,
     run_merge,
     run_shard,
@@ -165,8 +166,9 @@ def _plan_spec(plan: dict) -> SourceSpec:
 def plan_extraction(config: dict, inputs: dict, tables: RunTables) -> tuple[dict, list]:
     """What every shard of the extraction shares: the raw log, its end, the shards, a place.
 
-    The built-in log is generated here, once, and published beside the run's tables, so that
-    every shard task reads the same files (local or in the object store).
+    The built-in log is generated here, once, and published beside the run's tables; the raw
+    events are then written once into a folder per user shard under ``work``, which each shard
+    task reads (local or in the object store).
 
     Returns:
         ``(plan, sql_queries)``: ``plan`` has ``source`` (kind, events, items), ``cut`` (the
@@ -187,11 +189,13 @@ def plan_extraction(config: dict, inputs: dict, tables: RunTables) -> tuple[dict
         records: list[dict] = []
         opener = _opener(cfg, _plan_spec({"source": source}), Path(tmp) / "spill")
         cut = global_cut(opener, cfg.extract, records)
+        work = tables.location("extract_shards")
+        partition_raw(opener, cfg.extract, work, cfg.extract.shards, records)
     plan = {
         "source": source,
         "cut": cut,
         "shards": list(range(cfg.extract.shards)),
-        "work": tables.location("extract_shards"),
+        "work": work,
         "started": started,
     }
     return plan, records

@@ -33,10 +33,11 @@ def to_summary(value: dict[str, Any]) -> str:
 
 
 def shards_summary(round_index: int, records: list[dict], shard: int | None = None) -> str:
-    """A round of the sharded extraction: which files ran on which shard, rows and seconds."""
+    """A round of the sharded extraction (-1: the plan before it): which files ran on which
+    shard, with their rows and seconds."""
     return to_summary(
         {
-            "round": round_index + 1,
+            "round": round_index + 1 if round_index >= 0 else "before the rounds",
             "shard": shard,
             "files": [
                 f"{q['file']}: {q['rows']:,} rows, {q['seconds']:.2f} s"

@@ -49,7 +49,7 @@ STEP_CARDS = {  # every step's card id; the UI lists a card by its id
 }
 # The extraction's rounds over user shards, before extract_sessions (no cards: a summary each).
 EXTRACTION_STEPS = {
-    "shard_sessions", "gather_sessions", "split_times", "shard_split", "gather_split",
+    "partition_events", "shard_sessions", "gather_sessions", "split_times", "shard_split", "gather_split",
     "kept_items", "shard_filter", "gather_filter", "vocabularies", "shard_final",
 }  # fmt: skip
 UI_LIMIT = 4096  # bytes of an artifact the Metaflow UI shows by default
