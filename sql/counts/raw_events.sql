@@ -26,43 +26,21 @@ raw_counts as materialized (
     from raw_events, cut
 ),
 
-raw as (
+by_stage as (
+    unpivot raw_counts
+    on events as raw, complete_events as raw_complete, in_window_events as raw_in_window
+    into name stage value events
+),
+
+final as (
     select
-        'raw' as stage,
+        stage,
         cast(null as tinyint) as "window",
         events,
         cast(null as bigint) as users,
         cast(null as bigint) as items,
         cast(null as bigint) as sessions
-    from raw_counts
-),
-
-raw_complete as (
-    select
-        'raw_complete' as stage,
-        cast(null as tinyint) as "window",
-        complete_events as events,
-        cast(null as bigint) as users,
-        cast(null as bigint) as items,
-        cast(null as bigint) as sessions
-    from raw_counts
-),
-
-raw_in_window as (
-    select
-        'raw_in_window' as stage,
-        cast(null as tinyint) as "window",
-        in_window_events as events,
-        cast(null as bigint) as users,
-        cast(null as bigint) as items,
-        cast(null as bigint) as sessions
-    from raw_counts
-),
-
-final as (
-    select * from raw
-    union all select * from raw_complete
-    union all select * from raw_in_window
+    from by_stage
 )
 
 select * from final
