@@ -176,8 +176,10 @@ def partition_raw(
     """Write the raw events once, a folder per user shard, for the shards to read their own.
 
     One streaming pass over the log (DuckDB's partitioned write spills like any other), so
-    that no shard task scans the whole log.
+    that no shard task scans the whole log. One shard reads the log itself: nothing to write.
     """
+    if n_shards == 1:
+        return
     raw_dir = location(work, RAW_DIR)
     if _is_local(raw_dir):
         Path(raw_dir).mkdir(parents=True, exist_ok=True)
@@ -191,8 +193,10 @@ def partition_raw(
         con.close()
 
 
-def _shard_events(con, work: str | Path, shard: int) -> None:
+def _shard_events(con, work: str | Path, shard: int, n_shards: int) -> None:
     """Narrow ``raw_events`` to the shard's own folder of partitioned raw events."""
+    if n_shards == 1:  # the whole log is the one shard's
+        return
     folder = location(work, RAW_DIR, f"shard={shard}")
     con.execute("ALTER VIEW raw_events RENAME TO raw_events_unsharded")
     fs, path = filesystem(folder)
@@ -266,7 +270,7 @@ def run_shard(
     records: list[dict] = []
     try:
         _configure(con, cfg, spill_dir)
-        _shard_events(con, work, shard)
+        _shard_events(con, work, shard, n_shards)
         _merged_views(con, work, merged_tables)
         for table in own_tables:
             _view(con, table, [table_path(own, table)])
