@@ -334,12 +334,9 @@ def run_merge(
             _view(con, table, [table_path(s, table) for s in shards])
         runner = SqlRunner(con, records)
         for name in files_of(round_.merge_files, cfg.protocol):
-            if name in WRITE_FILES.values():
-                if summary is None:
-                    summary = _summary(con, cfg, settings, n_shards)
-                runner.run(name, params)
-            elif name == MERGE_SUMMARY_FILE:
+            if name == MERGE_SUMMARY_FILE:  # checked before any output is written
                 con.register("merged_rows", runner.run(name, params, fetch="arrow"))
+                summary = _summary(con, cfg, settings, n_shards)
             else:
                 runner.run(name, params)
         for table in stored[round_index]:
@@ -349,7 +346,7 @@ def run_merge(
     if last:
         for name in SHARD_OUTPUTS:
             merge_by_user([table_path(s, name) for s in shards], paths[name])
-    return [{**record, "shard": None} for record in records], (summary if last else None)
+    return [{**record, "shard": None} for record in records], summary
 
 
 def merge_by_user(files: list[str], out: Path, batch_rows: int = BATCH_ROWS) -> int:
