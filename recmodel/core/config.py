@@ -265,6 +265,7 @@ class TrainConfig(Section):
         "epochs": ">=1", "batch_size": ">=1", "lr": ">0", "sparse_lr": ">=0",
         "weight_decay": ">=0", "warmup_steps": ">=0", "grad_clip": ">=0", "n_negatives": ">=1",
         "patience": ">=1", "eval_users": ">=0", "threads": ">=0", "processes": ">=0",
+        "shard_events": ">=0",
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "negatives": ("shared", "in_batch", "both"),
@@ -291,6 +292,10 @@ class TrainConfig(Section):
     device: str = "auto"  # "auto", "cpu" or "cuda"
     threads: int = 0  # torch CPU threads; 0 = cores / 2, as two trainings run side by side
     processes: int = 0  # data-parallel workers in the step; 0 = one per visible GPU (1 on CPU)
+    # A run with more events than this leaves them on disk: each rank of the pretraining steps
+    # reads its own user shards of about this many events, one at a time, and the test users
+    # are scored shard by shard (recmodel.core.user_shards). 0 = always load every event.
+    shard_events: int = 4_000_000
 
 
 @dataclass(frozen=True)

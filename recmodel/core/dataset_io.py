@@ -40,11 +40,8 @@ def load_dataset(events_path: Path, items_path: Path, users_path: Path) -> Datas
     items = pq.read_table(items_path)
     features = item_features(items, source=str(items_path))
     events = pq.read_table(events_path, columns=list(EVENT_COLUMNS))
-    user_idx = _numpy(events, Columns.USER_IDX, np.int32)  # [E]
-    item_idx = _numpy(events, Columns.ITEM_IDX, np.int32)  # [E]
-    ts = _numpy(events, Columns.TS, np.int64)  # [E]
-    window = _numpy(events, Columns.WINDOW, np.int8)  # [E]
-    _check_events(user_idx, item_idx, ts, window, n_users, features.n_items, str(events_path))
+    user_idx, item_idx, ts, window = event_arrays(events)
+    check_events(user_idx, item_idx, ts, window, n_users, features.n_items, str(events_path))
     pretrain = item_idx[window == Window.PRETRAIN]
     item_counts = np.bincount(pretrain, minlength=features.n_items + 1).astype(np.int64)
     log.info("loaded %d events, %d users, %d items", len(ts), n_users, features.n_items)
@@ -107,6 +104,16 @@ def _acoustic(
     return acoustic, has_acoustic
 
 
+def event_arrays(events: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """int32 ``user_idx``, int32 ``item_idx``, int64 ``ts`` and int8 ``window`` ``[E]``."""
+    return (
+        _numpy(events, Columns.USER_IDX, np.int32),
+        _numpy(events, Columns.ITEM_IDX, np.int32),
+        _numpy(events, Columns.TS, np.int64),
+        _numpy(events, Columns.WINDOW, np.int8),
+    )
+
+
 def _numpy(table: pa.Table, column: str, dtype: type) -> np.ndarray:
     array = table.column(column)
     if array.null_count:
@@ -114,7 +121,7 @@ def _numpy(table: pa.Table, column: str, dtype: type) -> np.ndarray:
     return array.to_numpy().astype(dtype, copy=False)
 
 
-def _check_events(
+def check_events(
     user_idx: np.ndarray,
     item_idx: np.ndarray,
     ts: np.ndarray,

@@ -22,11 +22,14 @@ class TestSet:
         users: int64 ``[U]`` user indices with a target in the test window and history before it.
         histories: the query of every user: all events before the test window (rows: all users).
         targets: the test-window listen+ events of ``users`` (rows aligned with ``users``).
+
+    ``histories`` and ``targets`` are None where the events stay in user shards
+    (:mod:`recmodel.core.user_shards`): they are read shard by shard as the users are scored.
     """
 
     users: np.ndarray
-    histories: UserItems
-    targets: UserItems
+    histories: UserItems | None
+    targets: UserItems | None
 
 
 def build_test_set(dataset: Dataset, cfg: EvalConfig, window: int = Window.TEST) -> TestSet:

@@ -147,6 +147,7 @@ class Batch:
         positions: int64 ``[P]`` flat indices into ``[B * T]`` of the positions with a target.
         windows: int64 ``[B]`` window ids (for error messages).
         profile: the windows' long-term profiles, or None without them.
+        users: int64 ``[B]`` the user of each window (for error messages), or None.
     """
 
     inputs: np.ndarray
@@ -154,6 +155,7 @@ class Batch:
     positions: np.ndarray
     windows: np.ndarray
     profile: Profiles | None = None
+    users: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -164,13 +166,15 @@ class Step:
         index: batch index within the epoch.
         local: this rank's :class:`Batch`.
         global_targets: int64 ``[G]`` targets of every position of the GLOBAL batch, in order
-            (the in-batch negatives; identical on every rank).
-        n_global: ``G``, the loss normalizer of the global batch.
+            (the in-batch negatives; identical on every rank), or None where each rank holds
+            only its own windows: the trainer then gathers them from the ranks
+            (:func:`recmodel.retriever.shard_batches.gather_global_targets`).
+        n_global: ``G``, the loss normalizer of the global batch (0 until gathered).
     """
 
     index: int
     local: Batch
-    global_targets: np.ndarray
+    global_targets: np.ndarray | None
     n_global: int
 
 
@@ -187,7 +191,35 @@ def make_batch(windows: Windows, ids: np.ndarray, with_profile: bool = True) -> 
         starts = np.maximum(windows.row_starts[ids], ends - windows.profile_history)
         profile = build_profiles(windows.items, windows.ts, starts, ends, windows.profile_size)
     inputs, targets = np.ascontiguousarray(inputs), np.ascontiguousarray(targets)
-    return Batch(inputs, targets, positions, ids, profile)
+    return Batch(inputs, targets, positions, ids, profile, windows.users[ids])
+
+
+def concat_batches(parts: list[Batch]) -> Batch:
+    """One batch of the rows of ``parts``, left-padded to the longest: the batch that
+    :func:`make_batch` builds from all their windows at once."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.inputs.shape[1] for p in parts)
+
+    def padded(name: str) -> np.ndarray:
+        rows = [getattr(p, name) for p in parts]
+        return np.concatenate([np.pad(r, ((0, 0), (width - r.shape[1], 0))) for r in rows])
+
+    inputs, targets = padded("inputs"), padded("targets")  # PAD is 0
+    profile = None
+    if parts[0].profile is not None:
+        profile = Profiles(
+            np.concatenate([p.profile.items for p in parts]),
+            np.concatenate([p.profile.features for p in parts]),
+        )
+    return Batch(
+        inputs,
+        targets,
+        np.flatnonzero(inputs.reshape(-1) != PAD),
+        np.concatenate([p.windows for p in parts]),
+        profile,
+        np.concatenate([p.users for p in parts]),
+    )
 
 
 class WindowBatcher:
@@ -218,6 +250,16 @@ class WindowBatcher:
         """Global steps per epoch."""
         full, rest = divmod(len(self.windows), self.batch_size)
         return full + int(rest >= self.world_size)
+
+    @property
+    def n_windows(self) -> int:
+        """Training windows of every rank."""
+        return len(self.windows)
+
+    @property
+    def n_targets(self) -> int:
+        """Training positions of every rank."""
+        return self.windows.n_targets
 
     def order(self, epoch: int) -> np.ndarray:
         """int64 ``[W]``: the window order of ``epoch``."""

@@ -154,21 +154,28 @@ def _all_gather_sparse(param: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     else:
         grad = param.grad.coalesce()
         index, values = grad.indices()[0], grad.values()  # [n], [n, ...]
-    sizes = _all_gather(torch.tensor([len(index)], device=param.device), ctx)
-    longest = int(max(int(s) for s in sizes))
-    padded_index = torch.zeros(longest, dtype=index.dtype, device=index.device)
-    padded_index[: len(index)] = index
-    padded_values = values.new_zeros((longest, *width))
-    padded_values[: len(values)] = values
-    gathered_index = _all_gather(padded_index, ctx)  # world x [longest]
-    gathered_values = _all_gather(padded_values, ctx)
-    keep = [slice(0, int(s)) for s in sizes]
-    all_index = torch.cat([g[k] for g, k in zip(gathered_index, keep, strict=True)])
-    all_values = torch.cat([g[k] for g, k in zip(gathered_values, keep, strict=True)])
+    all_index = all_gather_rows(index, ctx)
+    all_values = all_gather_rows(values, ctx)
     # The indices come from valid sparse gradients: skip the invariant checks.
     return torch.sparse_coo_tensor(
         all_index[None], all_values, (rows, *width), check_invariants=False
     )
+
+
+def all_gather_rows(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Every rank's ``tensor`` (``[n_rank, ...]``, ``n_rank`` may differ) stacked in rank order.
+
+    The rows travel padded to the longest rank's count: one collective for the sizes, one for
+    the rows.
+    """
+    if not ctx.enabled:
+        return tensor
+    sizes = _all_gather(torch.tensor([len(tensor)], device=tensor.device), ctx)
+    longest = int(max(int(s) for s in sizes))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    gathered = _all_gather(padded, ctx)  # world x [longest, ...]
+    return torch.cat([g[: int(s)] for g, s in zip(gathered, sizes, strict=True)])
 
 
 def _all_gather(tensor: torch.Tensor, ctx: DistContext) -> list[torch.Tensor]:

@@ -23,6 +23,7 @@ import torch
 
 from recmodel.core.config import EvalConfig, ModelConfig, QConfig, TrainConfig
 from recmodel.core.dataset import Dataset, ItemFeatures
+from recmodel.core.user_shards import UserShards
 from recmodel.retriever.batches import Step, WindowBatcher, make_windows, prefetched
 from recmodel.retriever.checkpoint import load_state, model_config_dict, state_bytes
 from recmodel.retriever.distributed import (
@@ -38,8 +39,14 @@ from recmodel.retriever.model import Retriever
 from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
 from recmodel.retriever.optim import RetrieverOptimizer, build_optimizer
 from recmodel.retriever.progress import ProgressFn, TrainingMonitor, format_record
+from recmodel.retriever.shard_batches import ShardBatcher, gather_global_targets
 from recmodel.retriever.train_state import TrainStateStore
-from recmodel.retriever.validation import VAL_METRIC, evaluate_retriever, validation_set
+from recmodel.retriever.validation import (
+    VAL_METRIC,
+    evaluate_retriever,
+    shard_validation_set,
+    validation_set,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ USERS_IN_ERROR = 10  # users of a bad batch named in a TrainingError
 
 
 def pretrain(
-    dataset: Dataset,
+    dataset: Dataset | UserShards,
     item_counts_for_q: np.ndarray,
     cfg_model: ModelConfig,
     cfg_train: TrainConfig,
@@ -61,7 +68,10 @@ def pretrain(
     """Train a retriever on the pretrain window with early stopping on the validation window.
 
     Args:
-        dataset: the extracted events; training uses ``dataset.train()``.
+        dataset: the extracted events; training uses ``dataset.train()``. Given as
+            :class:`UserShards`, the events stay on disk: each rank reads its own user shards,
+            one at a time (:mod:`recmodel.retriever.shard_batches`), and the validation users'
+            rows only.
         item_counts_for_q: int ``[N + 1]`` item counts of the Q table (the negative proposal
             and the log Q of in-batch negatives).
         cfg_model, cfg_train, cfg_q, cfg_eval: the configuration sections.
@@ -149,7 +159,7 @@ class _Run:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset | UserShards,
         counts: np.ndarray,
         cfg_model: ModelConfig,
         cfg_train: TrainConfig,
@@ -169,12 +179,7 @@ class _Run:
         self.model = build_model(dataset.items, cfg_model, cfg_train.seed, init_state, ctx)
         self.model_config = model_config_dict(cfg_model, dataset.items)
         profile_size = cfg_model.profile_size if self.model.long_term is not None else 0
-        windows = make_windows(
-            dataset.train(), cfg_model.max_len, profile_size, cfg_model.profile_history
-        )
-        self.batcher = WindowBatcher(
-            windows, cfg_train.batch_size, cfg_train.seed, ctx.rank, ctx.world_size
-        )
+        self.batcher = _batcher(dataset, cfg_model, cfg_train, profile_size, ctx)
         self.candidates = CandidateSampler.from_config(counts, cfg_train, cfg_q).to(ctx.device)
         self.generator = torch.Generator(device=ctx.device).manual_seed(cfg_train.seed)
         total_steps = cfg_train.epochs * len(self.batcher)
@@ -188,17 +193,13 @@ class _Run:
             grad_clip=cfg_train.grad_clip,
             fused=ctx.device.type == "cuda",
         )
-        self.valset = (
-            validation_set(dataset, cfg_train.eval_users, cfg_train.seed, cfg_eval.filter_seen)
-            if ctx.is_main
-            else None
-        )
+        self.valset = _validation_set(dataset, cfg_train, cfg_eval) if ctx.is_main else None
         self.progress = progress if ctx.is_main else None
         self.monitor = TrainingMonitor(ctx, total_steps, len(self.batcher), self.progress)
         logger.info(
             "pretraining: %d windows, %d positions, %d steps/epoch, %d parameters, %s",
-            len(windows),
-            windows.n_targets,
+            self.batcher.n_windows,
+            self.batcher.n_targets,
             len(self.batcher),
             sum(p.numel() for p in self.model.parameters()),
             ctx.device,
@@ -242,6 +243,7 @@ class _Run:
         # Batches are a pure function of (seed, epoch): skipped ones are built, never trained on.
         # The next batch is built in the background while this one trains.
         for step in prefetched(itertools.islice(self.batcher.epoch(epoch), skip, None)):
+            step = gather_global_targets(step, self.ctx)
             loss = train_step(
                 self.model,
                 self.optimizer,
@@ -252,7 +254,7 @@ class _Run:
                 self.ctx,
                 self.cfg.mask_window_targets,
             )
-            describe = functools.partial(describe_step, step, self.batcher.windows.users)
+            describe = functools.partial(describe_step, step)
             self.monitor.record(loss, epoch, step.index, step.n_global, describe)
             if self.store is not None:
                 self.store.maybe_save(self, epoch, step.index + 1)
@@ -277,9 +279,40 @@ class _Run:
         broadcast_state(self.model, self.ctx)
 
 
-def describe_step(step: Step, window_users: np.ndarray) -> str:
+def _batcher(
+    dataset: Dataset | UserShards,
+    cfg_model: ModelConfig,
+    cfg: TrainConfig,
+    profile_size: int,
+    ctx: DistContext,
+) -> WindowBatcher | ShardBatcher:
+    """The training steps of this rank: from memory, or streamed from its user shards."""
+    if isinstance(dataset, UserShards):
+        return ShardBatcher(
+            dataset,
+            cfg_model.max_len,
+            cfg.batch_size,
+            cfg.seed,
+            ctx.rank,
+            ctx.world_size,
+            profile_size,
+            cfg_model.profile_history,
+        )
+    windows = make_windows(
+        dataset.train(), cfg_model.max_len, profile_size, cfg_model.profile_history
+    )
+    return WindowBatcher(windows, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+
+
+def _validation_set(dataset: Dataset | UserShards, cfg: TrainConfig, cfg_eval: EvalConfig):
+    if isinstance(dataset, UserShards):
+        return shard_validation_set(dataset, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
+    return validation_set(dataset, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
+
+
+def describe_step(step: Step) -> str:
     """This rank's share of a step, for an error message: sizes and the first users."""
-    users = window_users[step.local.windows][:USERS_IN_ERROR].tolist()
+    users = step.local.users[:USERS_IN_ERROR].tolist()
     return (
         f"{len(step.local.windows)} windows, {len(step.local.positions)} positions, users {users}"
     )

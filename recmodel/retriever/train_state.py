@@ -200,8 +200,8 @@ def fingerprint(run: Any) -> str:
     parts = {
         "model": run.model_config,
         "train": dataclasses.asdict(run.cfg),
-        "windows": len(run.batcher.windows),
-        "targets": int(run.batcher.windows.n_targets),
+        "windows": int(run.batcher.n_windows),
+        "targets": int(run.batcher.n_targets),
         "steps_per_epoch": len(run.batcher),
         "world_size": run.ctx.world_size,
     }

@@ -14,6 +14,7 @@ import numpy as np
 
 from recmodel.core.columns import Window
 from recmodel.core.dataset import Dataset, UserItems
+from recmodel.core.user_shards import UserShards, take_rows
 from recmodel.evaluation.metrics import evaluate
 from recmodel.retriever.model import Retriever
 
@@ -49,15 +50,37 @@ def validation_set(
 ) -> ValidationSet:
     """Users with validation targets (at most ``max_users``; 0 = all) and their queries."""
     targets = dataset.events_in(Window.VAL)
-    users = np.flatnonzero(targets.lengths > 0).astype(np.int64)
-    if 0 < max_users < len(users):
-        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    users = validation_users(targets.lengths, max_users, seed)
     histories = dataset.history(Window.VAL)
     exclude = histories.take(users) if filter_seen else None
     logger.info("validation on %d users", len(users))
     return ValidationSet(
         users, histories, targets.take(users), exclude, dataset.item_counts, dataset.n_items
     )
+
+
+def validation_users(val_lengths: np.ndarray, max_users: int, seed: int) -> np.ndarray:
+    """int64 ascending: the users with validation targets, at most ``max_users`` (0 = all)."""
+    users = np.flatnonzero(val_lengths > 0).astype(np.int64)
+    if 0 < max_users < len(users):
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    return users
+
+
+def shard_validation_set(
+    shards: UserShards, max_users: int, seed: int, filter_seen: bool = False
+) -> ValidationSet:
+    """:func:`validation_set` read from user shards, holding only the sampled users' rows.
+
+    The same users as :func:`validation_set` on the whole dataset; their queries are renumbered
+    ``0 .. U - 1`` (``users`` is ``arange(U)``), which leaves every recommendation unchanged.
+    """
+    users = validation_users(shards.lengths_in(Window.VAL), max_users, seed)
+    histories, targets = take_rows(shards, users, before=Window.VAL, within=Window.VAL)
+    logger.info("validation on %d users (read from %d shards)", len(users), shards.n_shards)
+    rows = np.arange(len(users), dtype=np.int64)
+    exclude = histories if filter_seen else None
+    return ValidationSet(rows, histories, targets, exclude, shards.item_counts, shards.n_items)
 
 
 def evaluate_retriever(

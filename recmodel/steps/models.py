@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from recmodel.baselines.registry import BASELINES, BuildOptions, run_baseline
 from recmodel.core.dataset import Dataset
 from recmodel.core.tables import AnyRef, read_table
+from recmodel.core.user_shards import UserShards
 from recmodel.evaluation.testset import REC_K
 from recmodel.retriever.faults import inject_fault
 from recmodel.retriever.launch import pretrain_data_parallel
 from recmodel.retriever.train_state import TrainStateStore, checkpoint_every
+from recmodel.steps.common import config_of
 from recmodel.steps.live_card import TrainingCard
 from recmodel.steps.step_data import (
     StepData,
@@ -24,6 +27,7 @@ from recmodel.steps.step_data import (
     q_counts,
     state_dir,
     trained_result,
+    training_shards,
 )
 
 
@@ -82,9 +86,13 @@ def _warm_state(run_pathspec: str | None, model: Transformer, data: StepData):
     return ws.state, ws.summary
 
 
-def dataset_of(config: dict, refs: dict) -> Dataset:
-    """The extracted events of a run, as a spawned training worker loads them."""
-    return load_step_data(config, refs).dataset
+def dataset_of(config: dict, refs: dict) -> Dataset | UserShards:
+    """The extracted events of a run, as a spawned training worker loads them: user shards
+    (its own, one at a time) when the run has more than ``train.shard_events`` events."""
+    cfg = config_of(config)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    shards = training_shards(cfg, refs, world_size)
+    return shards if shards is not None else load_step_data(config, refs).dataset
 
 
 def pretrain(
@@ -104,7 +112,7 @@ def pretrain(
         ``{model.name: entry}`` for the run's ``model_results``.
     """
     maybe_fail(model.step, tables)
-    data = load_step_data(config, refs)
+    data = load_step_data(config, refs, sharded=True)
     cfg = data.cfg
     logq = model.logq or cfg.train.logq
     live = TrainingCard(card, f"{model.name} (logQ: {logq})")

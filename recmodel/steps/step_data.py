@@ -3,6 +3,11 @@
 Each model step runs in its own process (on its own machine under Kubernetes), so it reloads
 the extracted tables here; a model's entry in the results carries its test metrics, as logged,
 and the reference of its top-100 table.
+
+The pretraining steps may leave the events on disk: when the run holds more than
+``train.shard_events`` events they read them as user shards
+(:mod:`recmodel.core.user_shards`), train one shard at a time and score the test users shard by
+shard, so their memory follows a shard, not the log.
 """
 
 from __future__ import annotations
@@ -14,15 +19,23 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from recmodel.core.columns import Columns
+from recmodel.core.columns import Columns, Window
 from recmodel.core.config import PipelineConfig
-from recmodel.core.dataset import Dataset
+from recmodel.core.dataset import Dataset, UserItems
 from recmodel.core.dataset_io import load_dataset
 from recmodel.core.tables import AnyRef, local_path, read_table
+from recmodel.core.user_shards import UserShards, concat_rows, open_user_shards
 from recmodel.evaluation.metrics import evaluate
-from recmodel.evaluation.testset import REC_K, TestSet, build_test_set, recommendations_table
+from recmodel.evaluation.testset import (
+    REC_K,
+    TestSet,
+    build_test_set,
+    recommendations_table,
+    sample_test_users,
+)
 from recmodel.retriever.faults import inject_fault
 from recmodel.retriever.train_state import STATE_DIR
 from recmodel.steps.common import config_of
@@ -32,31 +45,56 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StepData:
-    """What every model step loads: config, dataset, the test set and the id maps."""
+    """What every model step loads: config, dataset, the test set and the id maps.
+
+    ``dataset`` is a :class:`UserShards` (and ``test`` holds its users only) where the step
+    asked for the events to stay on disk and they are more than one shard.
+    """
 
     cfg: PipelineConfig
-    dataset: Dataset
+    dataset: Dataset | UserShards
     test: TestSet
     user_ids: pa.Array  # original id of each user_idx
     item_ids: pa.Array  # original id of each item_idx (entry 0 is padding)
     refs: dict  # the extracted tables' references
 
 
-def load_step_data(config: dict, refs: dict[str, AnyRef]) -> StepData:
-    """Load the extracted tables once per step and fix the test set."""
+def load_step_data(config: dict, refs: dict[str, AnyRef], *, sharded: bool = False) -> StepData:
+    """Load the extracted tables once per step and fix the test set.
+
+    With ``sharded``, a run of more than ``train.shard_events`` events stays on disk: only the
+    per-user and per-item counts are read, and the test users (the same as in memory).
+    """
     cfg = config_of(config)
     torch.manual_seed(cfg.train.seed)
     # Parallel branches share the machine: oversubscribed threads slow small ops many-fold.
     torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 2) // 2))
-    dataset = load_dataset(
-        local_path(refs["events"]), local_path(refs["items"]), local_path(refs["users"])
-    )
     users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
     items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])
     user_ids = users.sort_by(Columns.USER_IDX).column(Columns.USER).combine_chunks()
     item_col = items.sort_by(Columns.ITEM_IDX).column(Columns.ITEM).combine_chunks()
     item_ids = pa.concat_arrays([pa.nulls(1, item_col.type), item_col])  # index 0 = padding
+    shards = training_shards(cfg, refs) if sharded else None
+    if shards is not None:
+        test_users = sample_test_users(shards.users_with_events(Window.TEST), cfg.eval)
+        test = TestSet(test_users, None, None)
+        return StepData(cfg, shards, test, user_ids, item_ids, refs)
+    dataset = load_dataset(
+        local_path(refs["events"]), local_path(refs["items"]), local_path(refs["users"])
+    )
     return StepData(cfg, dataset, build_test_set(dataset, cfg.eval), user_ids, item_ids, refs)
+
+
+def training_shards(cfg: PipelineConfig, refs: dict, world_size: int = 1) -> UserShards | None:
+    """The run's events as user shards (at least one per rank), or None when they are no more
+    than ``train.shard_events`` (or that is 0) and fit in memory."""
+    events = local_path(refs["events"])
+    limit = cfg.train.shard_events
+    if limit <= 0 or pq.read_metadata(events).num_rows <= limit:
+        return None
+    return open_user_shards(
+        events, local_path(refs["items"]), local_path(refs["users"]), limit, world_size
+    )
 
 
 def q_counts(q_ref: AnyRef, n_items: int) -> np.ndarray:
@@ -68,16 +106,25 @@ def q_counts(q_ref: AnyRef, n_items: int) -> np.ndarray:
 
 
 def model_result(
-    data: StepData, name: str, items: np.ndarray, scores: np.ndarray, tables: Any, **info: Any
+    data: StepData,
+    name: str,
+    items: np.ndarray,
+    scores: np.ndarray,
+    tables: Any,
+    targets: UserItems | None = None,
+    **info: Any,
 ) -> dict[str, Any]:
-    """Publish a model's top-100 rows and summarize its test metrics."""
+    """Publish a model's top-100 rows and summarize its test metrics.
+
+    ``targets`` (rows aligned with the test users) default to the test set's.
+    """
     table = recommendations_table(
         name, data.test.users, items, scores, data.user_ids, data.item_ids
     )
     ref = tables.write(table, f"recommendations_{name}")
     metrics = evaluate(
         items,
-        data.test.targets,
+        data.test.targets if targets is None else targets,
         ks=data.cfg.eval.ks,
         item_counts=data.dataset.item_counts,
         n_items=data.dataset.n_items,
@@ -99,26 +146,53 @@ def model_result(
 
 def trained_result(data: StepData, name: str, result: Any, tables: Any, **info: Any) -> dict:
     """Recommend with a trained retriever (a ``TrainResult``) and publish its entry."""
-    exclude = data.test.histories.take(data.test.users) if data.cfg.eval.filter_seen else None
-    items, scores = result.model.recommend(
-        data.test.histories,
-        data.test.users,
-        REC_K,
-        exclude=exclude,
-        chunk_items=data.cfg.eval.chunk_items,
-    )
+    if isinstance(data.dataset, UserShards):
+        items, scores, targets = _recommend_by_shard(result.model, data)
+    else:
+        test = data.test
+        items, scores = _recommend(result.model, test.histories, test.users, data.cfg)
+        targets = test.targets
     return model_result(
         data,
         name,
         items,
         scores,
         tables,
+        targets,
         fit_seconds=result.seconds,
         model_size=int(sum(p.numel() for p in result.model.parameters())),
         history=result.history,
         best_epoch=result.best_epoch,
         **info,
     )
+
+
+def _recommend(model: Any, histories: UserItems, users: np.ndarray, cfg: PipelineConfig):
+    exclude = histories.take(users) if cfg.eval.filter_seen else None
+    return model.recommend(
+        histories, users, REC_K, exclude=exclude, chunk_items=cfg.eval.chunk_items
+    )
+
+
+def _recommend_by_shard(model: Any, data: StepData) -> tuple[np.ndarray, np.ndarray, UserItems]:
+    """The test users' top-k and targets, reading one user shard at a time (rows in the order
+    of ``data.test.users``, as in memory)."""
+    shards, users = data.dataset, data.test.users
+    items, scores, targets = [], [], []
+    for shard in range(shards.n_shards):
+        first, end = shards.users(shard)
+        mine = users[(users >= first) & (users < end)] - first
+        if len(mine) == 0:
+            continue
+        part = shards.shard(shard)
+        top, top_scores = _recommend(model, part.history(Window.TEST), mine, data.cfg)
+        items.append(top)
+        scores.append(top_scores)
+        targets.append(part.events_in(Window.TEST).take(mine))
+        del part
+    if not items:
+        return np.zeros((0, REC_K), np.int64), np.zeros((0, REC_K), np.float32), concat_rows([])
+    return np.concatenate(items), np.concatenate(scores), concat_rows(targets)
 
 
 def checkpoint_of(result: Any, tables: Any, name: str) -> dict:
