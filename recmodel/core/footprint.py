@@ -21,6 +21,7 @@ from recmodel.core.resources import MB, STEPS, Resources
 DATA_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "materialize_ranker_scores")
 DATA_STEPS += ("finetune", "end")  # every step that loads the extracted events into numpy
 TRAINING_STEPS = ("pretrain", "pretrain_no_logq", "finetune")
+SHARDED_STEPS = ("pretrain", "pretrain_no_logq")  # they read one user shard at a time
 
 # Measured (docs/benchmarks.md, "Extraction" and "Out of core"): DuckDB holds 33 B per raw
 # event; spilling writes about 1.6x that; the final events file takes 7.4 B per event; a
@@ -46,6 +47,9 @@ Q_BYTES_PER_TRACK = 64  # the group-by of estimate_q: a hash entry and its outpu
 # (17 B) while the Arrow table and the load's checks are alive (+44 B), then the histories of
 # the test, validation and training windows (3 x 12 B).
 DATASET_PEAK_BYTES = 61
+# recmodel/core/user_shards.py: each user's events per window (4 x int64) and the shard's
+# arrays while it is read; the bounds and item counts are smaller.
+USER_COUNT_BYTES = 32
 FLOAT = 4
 ADAM_COPIES = 4  # weights, gradients and two moments
 LOGIT_COPIES = 3  # logits, their gradient and the softmax
@@ -100,10 +104,19 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
         needs[name] = Need(PROCESS_MB + _mb(data))
     for name in TRAINING_STEPS:
         needs[name] = Need(TRAINING_PROCESS_MB + _mb(data))
+    for name in SHARDED_STEPS:
+        held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
+        needs[name] = Need(TRAINING_PROCESS_MB + _mb(held))
     for name in ("pretrain", "pretrain_no_logq"):
-        needs[name] = _training(cfg, sizes, needs[name], cfg.train.batch_size, gpus.get(name, 0))
+        batch, held = cfg.train.batch_size, held_events(cfg, sizes)
+        needs[name] = _training(cfg, sizes, needs[name], batch, gpus.get(name, 0), held)
     needs["finetune"] = _training(
-        cfg, sizes, needs["finetune"], cfg.finetune.batch_size, gpus.get("finetune", 0)
+        cfg,
+        sizes,
+        needs["finetune"],
+        cfg.finetune.batch_size,
+        gpus.get("finetune", 0),
+        sizes.events,
     )
     needs["baselines"] = _plus(needs["baselines"], _baselines(cfg, sizes))
     ranker_rows = sizes.users * (
@@ -120,6 +133,13 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
     return needs
 
 
+def held_events(cfg: PipelineConfig, sizes: Sizes) -> int:
+    """Final events a pretraining process holds at once: the whole run, or one user shard
+    when the run has more than ``train.shard_events`` (:mod:`recmodel.core.user_shards`)."""
+    limit = cfg.train.shard_events
+    return min(sizes.events, limit) if limit > 0 else sizes.events
+
+
 def _extract(cfg: PipelineConfig, sizes: Sizes) -> Need:
     """DuckDB holds two event-sized tables of a shard at a stage's start; beyond its limit it
     spills. Over several user shards (``extract.shards``) it works on one shard's events at a
@@ -134,8 +154,12 @@ def _extract(cfg: PipelineConfig, sizes: Sizes) -> Need:
     return Need(PROCESS_MB + _mb(min(limit, working)), _mb(spill + staged + written))
 
 
-def _training(cfg: PipelineConfig, sizes: Sizes, base: Need, batch: int, gpus: int) -> Need:
-    """The dataset on the host; weights, optimizer, activations and logits where it trains."""
+def _training(
+    cfg: PipelineConfig, sizes: Sizes, base: Need, batch: int, gpus: int, held: int
+) -> Need:
+    """The dataset on the host; weights, optimizer, activations and logits where it trains.
+
+    ``held``: the final events each process holds (spawned workers hold as many each)."""
     m, t = cfg.model, cfg.train
     positions = batch * m.max_len
     global_positions = positions  # batch_size is the global batch, split over the processes
@@ -150,7 +174,7 @@ def _training(cfg: PipelineConfig, sizes: Sizes, base: Need, batch: int, gpus: i
     weights = ADAM_COPIES * (sizes.tracks + 1) * (m.id_dim + m.meta_dim + m.d_model) * FLOAT
     device = logits + activations + weights
     copies = 1 + (t.processes if t.processes > 1 and not gpus else 0)  # spawned workers' data
-    host = base.memory + _mb(DATASET_PEAK_BYTES * sizes.events * (copies - 1))
+    host = base.memory + _mb(DATASET_PEAK_BYTES * held * (copies - 1))
     if gpus:
         return Need(host + _mb(weights), base.disk, _mb(device))
     return Need(host + _mb(device), base.disk)

@@ -141,6 +141,7 @@ def pretrain(
         resumed_from=result.resumed_from,
         params={"logq": logq},
         fit_rule=PRETRAIN_RULE,
+        user_shards=data.dataset.n_shards if isinstance(data.dataset, UserShards) else 1,
     )
     return checkpoint_of(result, tables, model.checkpoint), {model.name: entry}
 

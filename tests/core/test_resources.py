@@ -19,6 +19,7 @@ from recmodel.core.footprint import (
     RANKER_FEATURES,
     TOPK_ITEMS,
     TOPK_USERS,
+    TRAINING_PROCESS_MB,
     Sizes,
     check,
     planned_sizes,
@@ -131,6 +132,27 @@ def test_sharded_extraction_is_bounded_by_its_shard_as_measured():
         for n in (1, 10)
     )
     assert (ten.disk - one.disk) * MB / 1e9 == pytest.approx(2.03, rel=0.05)
+
+
+def test_pretraining_is_bounded_by_its_user_shard_as_measured():
+    """benchmarks/bench_scale.py, one epoch of the pretrain step: 3.75M final events held in
+    memory peaked at 1,324 MB, and on 10 user shards of 0.4M at 1,082 MB; 35.7M events on 9
+    shards of 4M (train.shard_events) at 1,545 MB, where the whole log in memory took 3,686."""
+    measured = {
+        ((4_855_225, 970, 9_343), 0): 1_324,
+        ((4_855_225, 970, 9_343), 400_000): 1_082,
+        ((47_594_454, 9_656, 93_290), 4_000_000): 1_545,
+    }
+    for (sizes, shard_events), peak in measured.items():
+        overrides = {"train": {"shard_events": shard_events}} if shard_events else {}
+        cfg = with_overrides(load_preset("default"), overrides)
+        need = requirements(cfg, Sizes(*sizes), {})["pretrain"]
+        assert peak <= need.memory <= peak + TRAINING_PROCESS_MB, (sizes, shard_events)
+    # Ten times the events of the same users and tracks: the same shard, the same pod.
+    cfg = load_preset("default")
+    log, ten_logs = (Sizes(n, 9_656, 93_290) for n in (47_594_454, 475_944_540))
+    assert requirements(cfg, ten_logs, {})["pretrain"] == requirements(cfg, log, {})["pretrain"]
+    assert requirements(cfg, ten_logs, {})["finetune"] != requirements(cfg, log, {})["finetune"]
 
 
 def test_a_step_with_a_gpu_keeps_the_dataset_on_the_host_and_the_logits_on_the_gpu():

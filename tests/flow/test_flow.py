@@ -29,11 +29,14 @@ def run():
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"],
         "METAFLOW_HOME": os.environ["METAFLOW_HOME"],
     }
-    with Runner(str(FLOW), show_output=False, env=env, cwd=str(ROOT)).run(preset="tiny") as r:
+    runner = Runner(str(FLOW), show_output=False, env=env, cwd=str(ROOT))
+    with runner.run(preset="tiny", overrides=OVERRIDES) as r:
         assert r.status == "successful", r.stderr
         return r.run
 
 
+# The pretraining steps read the tiny run's ~36k events as user shards of at most 20k.
+OVERRIDES = {"train": {"shard_events": 20_000}}
 STEP_CARDS = {  # every step's card id; the UI lists a card by its id
     "start": "inputs",
     "extract_sessions": "data",
@@ -323,3 +326,12 @@ def test_progress_goes_to_stdout_and_the_headline_ends_the_run(run):
     end = run["end"].task.stdout
     assert "best NDCG@10" in end and "report: " in end and "report.md" in end
     assert all(model in end for model in REPORT_MODELS)
+
+
+def test_the_pretraining_steps_read_user_shards(run):
+    for step, artifact, model in (
+        ("pretrain", "pretrain_results", "sasrec_pretrain"),
+        ("pretrain_no_logq", "no_logq_results", "sasrec_no_logq"),
+    ):
+        entry = run[step].task[artifact].data[model]
+        assert entry["status"] == "ok" and entry["user_shards"] == 2, step

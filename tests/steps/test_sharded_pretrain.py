@@ -61,5 +61,6 @@ def test_the_pretrain_step_trains_and_scores_over_shards(run):
     checkpoint, results = pretrain(sharded, refs, q_ref, tables, model=SASREC)
     entry = results[SASREC.name]
     assert entry["status"] == "ok" and len(entry["history"]) == 1
+    assert entry["user_shards"] == load_step_data(sharded, refs, sharded=True).dataset.n_shards > 1
     assert 0.0 < entry["metrics"]["ndcg@10"] <= 1.0
     assert read_table(entry["recommendations"]).num_rows > 0 and checkpoint
