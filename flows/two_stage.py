@@ -11,6 +11,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# Metaflow's local @parallel starts the other nodes' tasks with `python` from PATH: make that
+# this interpreter, so that a virtual environment need not be activated (train.nodes > 1).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 from metaflow import (  # noqa: E402
     Config,
@@ -20,6 +23,7 @@ from metaflow import (  # noqa: E402
     card,
     current,
     package_sources,
+    parallel,
     project,
     resources,
     retry,
@@ -56,7 +60,11 @@ class TwoStageFlow(FlowSpec):
                                 |
                             estimate_q
                  /              |               \\
+          pretrain_nodes    no_logq_nodes        |      on train.nodes machines (1 by default)
+                |               |                |      (@parallel: one data-parallel rank each)
             pretrain     pretrain_no_logq     baselines
+                |               |                |
+          pretrain_gather  no_logq_gather        |      the first node's checkpoint and results
                 |               |                |
      materialize_ranker_scores  |                |
                 |               |                |
@@ -300,9 +308,20 @@ class TwoStageFlow(FlowSpec):
         )
         self.sql_queries = record_queries(self.sql_queries, q_queries, tables)
         self.summary = q_summary(self.q_summary)
-        self.next(self.pretrain, self.pretrain_no_logq, self.baselines)
+        self.next(self.pretrain_nodes, self.no_logq_nodes, self.baselines)
+
+    @step
+    def pretrain_nodes(self):
+        """Start ``pretrain`` on ``train.nodes`` machines, one data-parallel group."""
+        from recmodel.steps.models import training_nodes
+        from recmodel.steps.summaries import nodes_summary
+
+        self.nodes = training_nodes(self.config)
+        self.summary = nodes_summary("pretrain", self.nodes)
+        self.next(self.pretrain, num_parallel=self.nodes)
 
     @card(type="blank", id="training", refresh_interval=5)
+    @parallel
     @retry(times=1)
     @timeout(hours=12)
     @resources(**pods.steps.pretrain)
@@ -310,9 +329,11 @@ class TwoStageFlow(FlowSpec):
     def pretrain(self):
         """Pretrain the retriever on next-item prediction, sampled softmax with logQ correction."""
         from recmodel.steps.common import RunTables
-        from recmodel.steps.models import SASREC, pretrain
+        from recmodel.steps.models import SASREC, node_of, pretrain
         from recmodel.steps.summaries import training_summary
 
+        node = node_of(current.parallel)
+        self.node = node.index
         self.pretrain_checkpoint, self.pretrain_results = pretrain(
             self.config,
             self.tables,
@@ -321,11 +342,37 @@ class TwoStageFlow(FlowSpec):
             current.card["training"],
             self.warm_start_run,
             model=SASREC,
+            node=node,
         )
-        self.summary = training_summary(self.pretrain_results)
+        self.summary = training_summary(self.pretrain_results, node=node)
+        self.next(self.pretrain_gather)
+
+    @step
+    def pretrain_gather(self, inputs):
+        """The group's checkpoint and results: the first node's (every node trained them)."""
+        from recmodel.steps.models import first_node
+
+        self.merge_artifacts(
+            inputs, exclude=["pretrain_checkpoint", "pretrain_results", "summary", "node"]
+        )
+        first = first_node(inputs)
+        self.pretrain_checkpoint = first.pretrain_checkpoint
+        self.pretrain_results = first.pretrain_results
+        self.summary = first.summary
         self.next(self.materialize_ranker_scores)
 
+    @step
+    def no_logq_nodes(self):
+        """Start ``pretrain_no_logq`` on ``train.nodes`` machines, one data-parallel group."""
+        from recmodel.steps.models import training_nodes
+        from recmodel.steps.summaries import nodes_summary
+
+        self.nodes = training_nodes(self.config)
+        self.summary = nodes_summary("pretrain_no_logq", self.nodes)
+        self.next(self.pretrain_no_logq, num_parallel=self.nodes)
+
     @card(type="blank", id="training", refresh_interval=5)
+    @parallel
     @retry(times=1)
     @timeout(hours=12)
     @resources(**pods.steps.pretrain_no_logq)
@@ -333,9 +380,11 @@ class TwoStageFlow(FlowSpec):
     def pretrain_no_logq(self):
         """The single-stage baseline: the same model and budget without logQ correction."""
         from recmodel.steps.common import RunTables
-        from recmodel.steps.models import NO_LOGQ, pretrain
+        from recmodel.steps.models import NO_LOGQ, node_of, pretrain
         from recmodel.steps.summaries import training_summary
 
+        node = node_of(current.parallel)
+        self.node = node.index
         self.no_logq_checkpoint, self.no_logq_results = pretrain(
             self.config,
             self.tables,
@@ -344,8 +393,23 @@ class TwoStageFlow(FlowSpec):
             current.card["training"],
             self.warm_start_run,
             model=NO_LOGQ,
+            node=node,
         )
-        self.summary = training_summary(self.no_logq_results)
+        self.summary = training_summary(self.no_logq_results, node=node)
+        self.next(self.no_logq_gather)
+
+    @step
+    def no_logq_gather(self, inputs):
+        """The group's checkpoint and results: the first node's (every node trained them)."""
+        from recmodel.steps.models import first_node
+
+        self.merge_artifacts(
+            inputs, exclude=["no_logq_checkpoint", "no_logq_results", "summary", "node"]
+        )
+        first = first_node(inputs)
+        self.no_logq_checkpoint = first.no_logq_checkpoint
+        self.no_logq_results = first.no_logq_results
+        self.summary = first.summary
         self.next(self.join)
 
     @card(type="blank", id="baselines")
@@ -435,13 +499,13 @@ class TwoStageFlow(FlowSpec):
         self.sql_queries = second_stage.sql_queries  # the branch that ran every query
         self.pretrain_checkpoint = second_stage.pretrain_checkpoint
         self.finetune_checkpoint = second_stage.finetune_checkpoint
-        self.no_logq_checkpoint = inputs.pretrain_no_logq.no_logq_checkpoint
+        self.no_logq_checkpoint = inputs.no_logq_gather.no_logq_checkpoint
         self.ranker_scores = second_stage.ranker_scores
         self.ranker_quality = second_stage.ranker_quality
         self.distillation = second_stage.distillation
         self.model_results = merge_results(
             inputs.baselines.baseline_results,
-            inputs.pretrain_no_logq.no_logq_results,
+            inputs.no_logq_gather.no_logq_results,
             second_stage.pretrain_results,
             second_stage.finetune_results,
         )

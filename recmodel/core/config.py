@@ -265,7 +265,7 @@ class TrainConfig(Section):
         "epochs": ">=1", "batch_size": ">=1", "lr": ">0", "sparse_lr": ">=0",
         "weight_decay": ">=0", "warmup_steps": ">=0", "grad_clip": ">=0", "n_negatives": ">=1",
         "patience": ">=1", "eval_users": ">=0", "threads": ">=0", "processes": ">=0",
-        "shard_events": ">=0",
+        "shard_events": ">=0", "nodes": ">=1", "master_port": ">=1",
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "negatives": ("shared", "in_batch", "both"),
@@ -296,6 +296,10 @@ class TrainConfig(Section):
     # reads its own user shards of about this many events, one at a time, and the test users
     # are scored shard by shard (recmodel.core.user_shards). 0 = always load every event.
     shard_events: int = 4_000_000
+    # Machines each pretraining step runs on together (Metaflow @parallel): one rank each of
+    # one data-parallel group, which rendezvous at the first machine on master_port.
+    nodes: int = 1
+    master_port: int = 29_500
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,15 @@ Across machines, Metaflow's multi-node decorators set the same environment and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +55,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def set_rank_environment(rank: int, world_size: int, port: int) -> None:
-    """The variables torchrun gives a rank on this machine; the trainer joins their group."""
+RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def set_rank_environment(
+    rank: int, world_size: int, port: int, address: str = "127.0.0.1", local_rank: int | None = None
+) -> None:
+    """The variables torchrun gives a rank (on this machine by default); the trainer joins
+    their group."""
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
+        MASTER_ADDR=address,
         MASTER_PORT=str(port),
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK=str(rank if local_rank is None else local_rank),
         WORLD_SIZE=str(world_size),
     )
+
+
+@dataclass(frozen=True)
+class Node:
+    """This task's machine in a group of ``count`` (Metaflow's ``current.parallel``)."""
+
+    index: int = 0
+    count: int = 1
+    main_ip: str = "127.0.0.1"
+    port: int = 0  # the group's port where the platform names one (0: the caller picks)
+
+
+ONE_NODE = Node()
+
+
+@contextlib.contextmanager
+def node_group(node: Node, port: int) -> Iterator[None]:
+    """Within: the environment of rank ``node.index`` of a group of ``node.count`` machines,
+    one process each, meeting at ``node.main_ip:port``; the previous values after.
+
+    :func:`recmodel.retriever.train.pretrain` joins that group (and the in-step launcher stays
+    at one process). A group of one changes nothing.
+    """
+    if node.count <= 1:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in RANK_VARIABLES}
+    set_rank_environment(node.index, node.count, port, node.main_ip, local_rank=0)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _worker(

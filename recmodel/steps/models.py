@@ -14,7 +14,7 @@ from recmodel.core.tables import AnyRef, read_table
 from recmodel.core.user_shards import UserShards
 from recmodel.evaluation.testset import REC_K
 from recmodel.retriever.faults import inject_fault
-from recmodel.retriever.launch import pretrain_data_parallel
+from recmodel.retriever.launch import ONE_NODE, Node, node_group, pretrain_data_parallel
 from recmodel.retriever.train_state import TrainStateStore, checkpoint_every
 from recmodel.steps.common import config_of
 from recmodel.steps.live_card import TrainingCard
@@ -40,16 +40,19 @@ class Transformer:
         logq: the logQ correction it trains with; None means the preset's ``train.logq``.
         step: the flow step that trains it (fault injection and retries name it).
         checkpoint: the artifact holding its weights (a warm start reads the same one).
+        port: its group's port above ``train.master_port`` (both steps run at once; on one
+            machine they must not meet at the same port).
     """
 
     name: str
     logq: str | None
     step: str
     checkpoint: str
+    port: int
 
 
-SASREC = Transformer("sasrec_pretrain", None, "pretrain", "pretrain_checkpoint")
-NO_LOGQ = Transformer("sasrec_no_logq", "none", "pretrain_no_logq", "no_logq_checkpoint")
+SASREC = Transformer("sasrec_pretrain", None, "pretrain", "pretrain_checkpoint", 0)
+NO_LOGQ = Transformer("sasrec_no_logq", "none", "pretrain_no_logq", "no_logq_checkpoint", 1)
 PRETRAIN_RULE = (
     "trained on the pretrain window; the epoch kept is the best on validation NDCG@10; test "
     "requests read every event before the test window, no refit"
@@ -86,6 +89,23 @@ def _warm_state(run_pathspec: str | None, model: Transformer, data: StepData):
     return ws.state, ws.summary
 
 
+def training_nodes(config: dict) -> int:
+    """Machines each pretraining step runs on (``train.nodes``)."""
+    return config_of(config).train.nodes
+
+
+def node_of(parallel: Any) -> Node:
+    """This task's node from Metaflow's ``current.parallel`` (and the port Metaflow's JobSets
+    open between the pods, ``MF_MASTER_PORT``, on Kubernetes)."""
+    port = int(os.environ.get("MF_MASTER_PORT") or 0)
+    return Node(parallel.node_index, parallel.num_nodes, parallel.main_ip, port)
+
+
+def first_node(inputs: Any) -> Any:
+    """The input of a parallel step's join that ran on the first node (it published)."""
+    return next(task for task in inputs if task.node == 0)
+
+
 def dataset_of(config: dict, refs: dict) -> Dataset | UserShards:
     """The extracted events of a run, as a spawned training worker loads them: user shards
     (its own, one at a time) when the run has more than ``train.shard_events`` events."""
@@ -104,33 +124,41 @@ def pretrain(
     warm_start_run: str | None = None,
     *,
     model: Transformer = SASREC,
-) -> tuple[dict, dict]:
+    node: Node = ONE_NODE,
+) -> tuple[dict | None, dict]:
     """Pretrain ``model`` (:data:`SASREC` or :data:`NO_LOGQ`) with sampled softmax.
+
+    On a group of machines (``node.count > 1``, Metaflow's ``@parallel``) every node is one rank
+    of one data-parallel group and reads its own user shards; the first node publishes.
 
     Returns:
         ``(checkpoint, results)``: safetensors bytes with the model config, and
-        ``{model.name: entry}`` for the run's ``model_results``.
+        ``{model.name: entry}`` for the run's ``model_results``; ``(None, {})`` on the other
+        nodes.
     """
     maybe_fail(model.step, tables)
-    data = load_step_data(config, refs, sharded=True)
+    data = load_step_data(config, refs, sharded=True, world_size=node.count)
     cfg = data.cfg
     logq = model.logq or cfg.train.logq
     live = TrainingCard(card, f"{model.name} (logQ: {logq})")
     init_state, warm = _warm_state(warm_start_run, model, data)
-    result = pretrain_data_parallel(
-        data.dataset,
-        q_counts(q_ref, data.dataset.n_items),
-        cfg.model,
-        dataclasses.replace(cfg.train, logq=logq),
-        cfg.q,
-        cfg.eval,
-        progress=live.update,
-        init_state=init_state,
-        state_store=_state_store(tables, model),
-        processes=cfg.train.processes,
-        load_dataset=functools.partial(dataset_of, config, refs),
-    )
+    with node_group(node, node.port or cfg.train.master_port + model.port):
+        result = pretrain_data_parallel(
+            data.dataset,
+            q_counts(q_ref, data.dataset.n_items),
+            cfg.model,
+            dataclasses.replace(cfg.train, logq=logq),
+            cfg.q,
+            cfg.eval,
+            progress=live.update,
+            init_state=init_state,
+            state_store=_state_store(tables, model),
+            processes=cfg.train.processes,
+            load_dataset=functools.partial(dataset_of, config, refs),
+        )
     live.finish(result.history, result.best_epoch)
+    if node.index != 0:
+        return None, {}  # every node trained the same weights: the first one publishes
     entry = trained_result(
         data,
         model.name,
@@ -142,6 +170,7 @@ def pretrain(
         params={"logq": logq},
         fit_rule=PRETRAIN_RULE,
         user_shards=data.dataset.n_shards if isinstance(data.dataset, UserShards) else 1,
+        nodes=node.count,
     )
     return checkpoint_of(result, tables, model.checkpoint), {model.name: entry}
 

@@ -59,11 +59,14 @@ class StepData:
     refs: dict  # the extracted tables' references
 
 
-def load_step_data(config: dict, refs: dict[str, AnyRef], *, sharded: bool = False) -> StepData:
+def load_step_data(
+    config: dict, refs: dict[str, AnyRef], *, sharded: bool = False, world_size: int = 1
+) -> StepData:
     """Load the extracted tables once per step and fix the test set.
 
     With ``sharded``, a run of more than ``train.shard_events`` events stays on disk: only the
-    per-user and per-item counts are read, and the test users (the same as in memory).
+    per-user and per-item counts are read, and the test users (the same as in memory); the
+    users are cut into a multiple of ``world_size`` shards.
     """
     cfg = config_of(config)
     torch.manual_seed(cfg.train.seed)
@@ -74,7 +77,7 @@ def load_step_data(config: dict, refs: dict[str, AnyRef], *, sharded: bool = Fal
     user_ids = users.sort_by(Columns.USER_IDX).column(Columns.USER).combine_chunks()
     item_col = items.sort_by(Columns.ITEM_IDX).column(Columns.ITEM).combine_chunks()
     item_ids = pa.concat_arrays([pa.nulls(1, item_col.type), item_col])  # index 0 = padding
-    shards = training_shards(cfg, refs) if sharded else None
+    shards = training_shards(cfg, refs, world_size) if sharded else None
     if shards is not None:
         test_users = sample_test_users(shards.users_with_events(Window.TEST), cfg.eval)
         test = TestSet(test_users, None, None)

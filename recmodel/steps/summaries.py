@@ -131,9 +131,23 @@ def models_summary(results: dict, note: str) -> str:
     return to_summary({"note": note, "models": {m: _headline(e) for m, e in results.items()}})
 
 
-def training_summary(results: dict, extra: dict | None = None) -> str:
+def nodes_summary(step: str, nodes: int) -> str:
+    """The machines a pretraining step starts on."""
+    return to_summary({"step": step, "nodes": nodes})
+
+
+def training_summary(results: dict, extra: dict | None = None, node: Any = None) -> str:
     """A trained model: epochs trained, the best epoch, losses and metrics; the headline of any
-    other row the step adds (finetune's ``two_stage_ranked``)."""
+    other row the step adds (finetune's ``two_stage_ranked``).
+
+    ``node`` (a :class:`recmodel.retriever.launch.Node`): on a group of machines the summary says
+    which one this is; the nodes after the first publish nothing of their own.
+    """
+    if node is not None and node.count > 1:
+        where = {"node": f"{node.index + 1} of {node.count}"}
+        if not results:
+            return to_summary({**where, "published_by": "node 1 (the same weights)"})
+        extra = {**where, **(extra or {})}
     name = next((n for n, e in results.items() if "history" in e), next(iter(results)))
     entry = results[name]
     others = {other: _headline(e) for other, e in results.items() if other != name}

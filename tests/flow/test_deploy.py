@@ -7,6 +7,7 @@ bucket; nothing leaves the machine.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from recmodel.core.presets import parse_resources
 from recmodel.core.resources import STEPS
@@ -97,7 +99,29 @@ def large_template(s3_endpoint):
 
 
 def step_templates(template):
-    return {t["name"]: t for t in template["spec"]["templates"] if "container" in t}
+    """Each step's template by name; a @parallel step's is a JobSet, whose control pod stands
+    in for the container (its workers run the same pod)."""
+    steps = {}
+    for t in template["spec"]["templates"]:
+        if "container" in t:
+            steps[t["name"]] = t
+        elif "JobSet" in t.get("resource", {}).get("manifest", ""):
+            steps[t["name"]] = {**t, **jobset_pod(t["resource"]["manifest"])}
+    return steps
+
+
+def jobset_pod(manifest: str) -> dict:
+    """The container and deadline of a JobSet's control pod (Argo's {{...}} left out)."""
+    jobset = yaml.safe_load(re.sub(r"\{\{.*?\}\}", "argo", manifest))
+    jobs = {job["name"]: job for job in jobset["spec"]["replicatedJobs"]}
+    assert set(jobs) == {"control", "worker"}
+    pod = jobs["control"]["template"]["spec"]["template"]["spec"]
+    worker = jobs["worker"]["template"]["spec"]["template"]["spec"]
+    assert worker["containers"][0]["resources"] == pod["containers"][0]["resources"]
+    return {
+        "container": pod["containers"][0],
+        "activeDeadlineSeconds": pod["activeDeadlineSeconds"],
+    }
 
 
 def test_the_retrain_runs_daily(template):
@@ -115,6 +139,14 @@ def test_project_and_branch_name_the_deployment(template):
     assert annotations["metaflow/project_name"] == "music_retriever"
     assert annotations["metaflow/branch_name"] == "prod"
     assert annotations["metaflow/project_flow_name"] == "music_retriever.prod.TwoStageFlow"
+
+
+def test_the_pretraining_steps_run_on_a_group_of_pods(template):
+    steps = step_templates(template)
+    for name in ("pretrain", "pretrain-no-logq"):
+        assert "JobSet" in steps[name]["resource"]["manifest"], name
+        env = {e["name"] for e in steps[name]["container"]["env"]}
+        assert {"MF_MASTER_ADDR", "MF_MASTER_PORT", "MF_WORLD_SIZE"} <= env, name
 
 
 def test_training_steps_request_a_gpu_and_the_rest_do_not(template):

@@ -55,6 +55,8 @@ EXTRACTION_STEPS = {
     "partition_events", "shard_sessions", "gather_sessions", "split_times", "shard_split", "gather_split",
     "kept_items", "shard_filter", "gather_filter", "vocabularies", "shard_final",
 }  # fmt: skip
+# Each pretraining step's launch on train.nodes machines and the join after its @parallel tasks.
+GROUP_STEPS = {"pretrain_nodes", "pretrain_gather", "no_logq_nodes", "no_logq_gather"}
 UI_LIMIT = 4096  # bytes of an artifact the Metaflow UI shows by default
 # Detail that grows with the number of models and epochs; each step's summary has its headline.
 LARGE_DETAIL = {"report", "model_results", "baseline_results", "train_history"}
@@ -62,7 +64,7 @@ LARGE_DETAIL = {"report", "model_results", "baseline_results", "train_history"}
 
 def test_every_step_ran(run):
     steps = {step.id for step in run}
-    assert steps - EXTRACTION_STEPS == {
+    assert steps - EXTRACTION_STEPS - GROUP_STEPS == {
         "start",
         "extract_sessions",
         "estimate_q",
@@ -75,7 +77,7 @@ def test_every_step_ran(run):
         "report",
         "end",
     }
-    assert steps >= EXTRACTION_STEPS
+    assert steps >= EXTRACTION_STEPS | GROUP_STEPS
 
 
 def test_start_stores_the_effective_config(run):
@@ -287,7 +289,8 @@ def artifacts_without_the_code(run, tmp_path_factory):
 
 def test_every_artifact_reads_without_the_code_as_builtin_types(artifacts_without_the_code):
     found = artifacts_without_the_code
-    assert {key.split("/")[0] for key in found} == set(STEP_CARDS) | EXTRACTION_STEPS
+    steps = set(STEP_CARDS) | EXTRACTION_STEPS | GROUP_STEPS
+    assert {key.split("/")[0] for key in found} == steps
     errors = {key: info["error"] for key, info in found.items() if "error" in info}
     assert not errors
     assert [key for key, info in found.items() if not info["builtin"]] == []
@@ -295,7 +298,7 @@ def test_every_artifact_reads_without_the_code_as_builtin_types(artifacts_withou
 
 def test_every_step_has_a_small_json_summary(artifacts_without_the_code):
     found = artifacts_without_the_code
-    for step in [*STEP_CARDS, *EXTRACTION_STEPS]:
+    for step in [*STEP_CARDS, *EXTRACTION_STEPS, *GROUP_STEPS]:
         summary = found[f"{step}/summary"]
         assert summary["size"] < UI_LIMIT and len(summary["text"].encode()) < UI_LIMIT, step
         assert isinstance(json.loads(summary["text"]), dict), step  # strict JSON: no NaN
