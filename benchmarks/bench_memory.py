@@ -155,8 +155,13 @@ def main() -> None:
     print("| step | seconds | peak RSS (MB) | model (MB) | model / measured |")
     print("|---|--:|--:|--:|--:|")
     # The extraction's shard rounds run on extract_sessions's pod: the model's figure is its.
-    rounds = [step for step in step_seconds if step not in needs]
-    rows = [*needs.items(), *((step, needs["extract_sessions"]) for step in rounds)]
+    # The pretraining steps' launches and gathers hold a Python process only.
+    from recmodel.core.footprint import PROCESS_MB, Need
+
+    others = [step for step in step_seconds if step not in needs]
+    small = {step: Need(PROCESS_MB) for step in others if step.endswith(("_nodes", "_gather"))}
+    rounds = [(step, needs["extract_sessions"]) for step in others if step not in small]
+    rows = [*needs.items(), *rounds, *small.items()]
     for step, need in rows:
         measured = peaks.get(step, 0) / 1024
         ratio = f"{need.memory / measured:.2f}" if measured else "-"

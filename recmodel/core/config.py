@@ -310,7 +310,7 @@ class RankerConfig(Section):
     LIMITS: ClassVar[dict[str, str]] = {
         "n_candidates": ">=1", "n_own_candidates": ">=0", "own_tau_days": ">0",
         "n_popular_candidates": ">=0", "n_folds": ">=2", "max_iter": ">=1",
-        "learning_rate": ">0", "max_leaf_nodes": ">=2",
+        "learning_rate": ">0", "max_leaf_nodes": ">=2", "max_train_rows": ">=0",
     }  # fmt: skip
 
     n_candidates: int = 100  # retriever top-K per request
@@ -325,6 +325,10 @@ class RankerConfig(Section):
     max_iter: int = 400  # HistGradientBoosting iterations (validation: 400 at 0.05 > 200 at 0.1)
     learning_rate: float = 0.05
     max_leaf_nodes: int = 31
+    # Each booster is fit on the candidates of a seeded sample of whole users holding at most
+    # this many rows (0 = every row); every request is still scored. The trees' fit time and
+    # binned copy grow with the rows they see, not with the log.
+    max_train_rows: int = 2_000_000
     seed: int = 0
 
 

@@ -55,7 +55,10 @@ ADAM_COPIES = 4  # weights, gradients and two moments
 LOGIT_COPIES = 3  # logits, their gradient and the softmax
 ACTIVATION_FLOATS = 24  # per position, block and width: attention, MLP and norms, kept for backward
 RANKER_FEATURES = 20  # len(recmodel.ranker.features.FEATURES); the test checks it
-RANKER_COPIES = 3  # the SQL result, the float32 matrix and the booster's binned copy (uint8)
+RANKER_COPIES = 2  # the SQL result and the float32 matrix, for every candidate row
+# and one copy for the booster's fit (its rows and its binned copy), of at most
+# ranker.max_train_rows rows
+RANKER_FIT_COPIES = 1
 ITEMKNN_CHUNK_BYTES = 2**30  # recmodel.baselines.knn.CHUNK_BYTES: one chunk's product
 ITEMKNN_ENTRY_BYTES = 32  # recmodel.baselines.knn.ENTRY_BYTES
 TOPK_USERS, TOPK_ITEMS = 1_024, 65_536  # one block of the chunked top-k (users x items)
@@ -123,7 +126,10 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
         cfg.ranker.n_candidates + cfg.ranker.n_own_candidates + cfg.ranker.n_popular_candidates
     )
     needs["materialize_ranker_scores"] = _plus(
-        needs["materialize_ranker_scores"], RANKER_COPIES * ranker_rows * RANKER_FEATURES * FLOAT
+        needs["materialize_ranker_scores"],
+        (RANKER_COPIES * ranker_rows + RANKER_FIT_COPIES * _fit_rows(cfg, ranker_rows))
+        * RANKER_FEATURES
+        * FLOAT,
     )
     # Every row's top-100 for every user: user and item ids, rank and score.
     recommendations = len(MODEL_NAMES) * sizes.users * 100 * 16
@@ -131,6 +137,12 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
         needs[name] = Need(PROCESS_MB + _mb(2 * recommendations))
     needs["end"] = _plus(needs["end"], (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2)
     return needs
+
+
+def _fit_rows(cfg: PipelineConfig, rows: int) -> int:
+    """Candidate rows a booster of the ranker is fit on (``ranker.max_train_rows``)."""
+    cap = cfg.ranker.max_train_rows
+    return min(rows, cap) if cap > 0 else rows
 
 
 def held_events(cfg: PipelineConfig, sizes: Sizes) -> int:

@@ -40,6 +40,8 @@ class CrossFitted:
         dropped: column index -> why it was left out.
         serving: a model fit on every row, for requests outside the training requests (a later
             window, whose labels no fold model saw either): it has all the data.
+        fit_rows: rows each fold model was fit on, then the serving model's (fewer than
+            offered where ``max_rows`` sampled users).
     """
 
     models: list[Any]
@@ -48,6 +50,7 @@ class CrossFitted:
     columns: np.ndarray
     dropped: dict[int, str]
     serving: Any = None
+    fit_rows: list[int] | None = None
 
     def folds(self, users: np.ndarray) -> np.ndarray:
         return user_folds(users, self.n_folds, self.seed)
@@ -104,6 +107,27 @@ def usable_columns(
     return kept, dropped
 
 
+def sampled_users(users: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """bool ``[N]``: ``rows`` of a seeded sample of whole users holding at most ``max_rows`` of
+    them (``rows`` itself when they fit, or ``max_rows`` is 0).
+
+    Users are taken in a seeded random order while their rows fit, so a user's requests are
+    all in or all out, and a user with more rows than the rest of the budget is passed over.
+    """
+    if max_rows <= 0 or int(rows.sum()) <= max_rows:
+        return rows
+    ids, inverse = np.unique(users, return_inverse=True)
+    per_user = np.bincount(inverse, weights=rows, minlength=len(ids)).astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    keep = np.zeros(len(ids), dtype=bool)
+    taken = 0
+    for user in order:  # one pass over the users, in a random order
+        if taken + per_user[user] <= max_rows:
+            keep[user] = True
+            taken += per_user[user]
+    return rows & keep[inverse]
+
+
 def cross_fit(
     features: np.ndarray,
     labels: np.ndarray,
@@ -113,6 +137,7 @@ def cross_fit(
     make_model: Callable[[], Any],
     trainable: np.ndarray | None = None,
     excluded: dict[int, str] | None = None,
+    max_rows: int = 0,
 ) -> tuple[CrossFitted, np.ndarray]:
     """Fit one model per fold on the other folds' users; score every row out of fold.
 
@@ -125,6 +150,8 @@ def cross_fit(
         trainable: bool ``[N]``, rows a model may be fit on (None: all); the others are only
             scored.
         excluded: columns left out on purpose, with the reason.
+        max_rows: each model is fit on a seeded sample of whole users holding at most this
+            many of its rows (0 = all; :func:`sampled_users`); every row is still scored.
 
     Returns:
         The fold models and float64 ``[N]`` out-of-fold scores.
@@ -135,7 +162,10 @@ def cross_fit(
     """
     folds = user_folds(users, n_folds, seed)
     trainable = np.ones(len(labels), dtype=bool) if trainable is None else trainable
-    train_rows = [(folds != k) & trainable for k in range(n_folds)]
+    train_rows = [
+        sampled_users(users, (folds != k) & trainable, max_rows, seed + k) for k in range(n_folds)
+    ]
+    serving_rows = sampled_users(users, np.ones(len(labels), dtype=bool), max_rows, seed + n_folds)
     columns, dropped = usable_columns(features, train_rows)
     dropped = {**dropped, **(excluded or {})}
     columns = np.array([j for j in columns if j not in dropped], dtype=np.int64)
@@ -151,12 +181,13 @@ def cross_fit(
             )
         model = make_model()
         with gbm_threads(int(train.sum())):
-            model.fit(features[train][:, columns], labels[train])
+            model.fit(features[np.ix_(train, columns)], labels[train])
         models.append(model)
     serving = make_model()
-    with gbm_threads(len(labels)):
-        serving.fit(features[:, columns], labels)
-    fitted = CrossFitted(models, n_folds, seed, columns, dropped, serving)
+    with gbm_threads(int(serving_rows.sum())):
+        serving.fit(features[np.ix_(serving_rows, columns)], labels[serving_rows])
+    fit_rows = [int(rows.sum()) for rows in [*train_rows, serving_rows]]
+    fitted = CrossFitted(models, n_folds, seed, columns, dropped, serving, fit_rows)
     return fitted, fitted.score(features, users)
 
 

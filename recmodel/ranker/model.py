@@ -174,11 +174,18 @@ def build_ranker_scores(
         lambda: make_classifier(cfg),
         trainable,
         excluded=excluded_features(cfg),
+        max_rows=cfg.max_train_rows,
     )
     folds = model.folds(cands.row_users)
     quality = ranker_quality(cands, labels, oof, folds, dataset.item_counts)
     with gbm_threads(min(len(labels), IMPORTANCE_ROWS)):  # it predicts on a sample
         quality["importance"] = feature_importance(model, feats, labels, folds, cfg.seed)
+    quality["fit_rows"] = {
+        "max_train_rows": cfg.max_train_rows,
+        "folds": model.fit_rows[:-1],
+        "serving": model.fit_rows[-1],
+        "candidates": cands.n_rows,
+    }
     quality["features_used"] = [FEATURES[j] for j in model.columns]
     quality["features_dropped"] = {FEATURES[j]: why for j, why in model.dropped.items()}
     if model.dropped:

@@ -102,6 +102,20 @@ def _intervals(value: Any, protocol: dict) -> str:
 
 
 _Formatter = Callable[[Any, dict], str]
+
+
+def _ranker_rows(fit: dict[str, Any]) -> str:
+    """The candidate rows the ranker's boosters saw: all, or a sample of whole users."""
+    total = f"{fit['candidates']:,} candidate rows"
+    if fit["serving"] >= fit["candidates"]:
+        return f"every one of its {total}"
+    folds = ", ".join(f"{n:,}" for n in fit["folds"])
+    return (
+        f"a seeded sample of users (`ranker.max_train_rows` = {fit['max_train_rows']:,}): "
+        f"{fit['serving']:,} of {total} (the fold models: {folds}); every request is scored"
+    )
+
+
 _PROTOCOL_FIELDS: dict[str, tuple[str, _Formatter]] = {
     "split": ("Split", lambda v, _: str(v)),
     "protocol": ("Split", lambda v, _: str(v)),
@@ -124,6 +138,7 @@ _PROTOCOL_FIELDS: dict[str, tuple[str, _Formatter]] = {
     "ks": ("Cut-offs k", lambda v, _: ", ".join(str(k) for k in v)),
     "bootstrap_samples": ("Intervals", _intervals),
     "reference_model": ("Reference model", lambda v, _: f"`{v}`"),
+    "ranker_fit_rows": ("Ranker fit on", lambda v, _: _ranker_rows(v)),
 }
 
 

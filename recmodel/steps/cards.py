@@ -140,6 +140,13 @@ def ranker_card(card: Any, quality: dict) -> None:
     ]
     if isinstance(ndcg, dict):
         lines += [f"- **NDCG@10 of candidates ordered by {k}**: {_fmt(v)}" for k, v in ndcg.items()]
+    fit = quality.get("fit_rows")
+    if fit:
+        lines.append(
+            f"- **rows the boosters were fit on**: folds {', '.join(_fmt(n) for n in fit['folds'])}, "
+            f"serving {_fmt(fit['serving'])} of {_fmt(fit['candidates'])} "
+            f"(`ranker.max_train_rows` = {_fmt(fit['max_train_rows'])})"
+        )
     card.append(Markdown("# Ranker\n\n" + "\n".join(lines)))
     dropped = quality.get("features_dropped") or {}
     if dropped:

@@ -175,11 +175,20 @@ def pretrain(
     return checkpoint_of(result, tables, model.checkpoint), {model.name: entry}
 
 
+def baseline_options(cfg: Any) -> BuildOptions:
+    """ALS's full-catalog top-k on the run's device (``train.device``: a GPU where one is)."""
+    from recmodel.retriever.distributed import resolve_device
+
+    return BuildOptions(
+        device=str(resolve_device(cfg.train.device)), chunk_items=cfg.eval.chunk_items
+    )
+
+
 def baselines(config: dict, refs: dict, tables: Any) -> dict:
     """Tune, refit and evaluate every classic baseline; a failure is an entry, not an error."""
     data = load_step_data(config, refs)
     cfg = data.cfg
-    options = BuildOptions(chunk_items=cfg.eval.chunk_items)
+    options = baseline_options(cfg)
     results = {}
     for baseline in BASELINES.values():
         out = run_baseline(

@@ -25,6 +25,11 @@ HEARD = "heard_before"  # test_targets: the user played the track before the tes
 RANKER_KEYS = ("source", "auc", "ndcg@10", "n_requests", "n_candidates", "positive_rate")
 
 
+def _ranker_rows(quality: dict) -> dict:
+    """The rows the built-in ranker was fit on, for the protocol (none for an imported one)."""
+    return {"ranker_fit_rows": quality["fit_rows"]} if quality.get("fit_rows") else {}
+
+
 def protocol_of(cfg: PipelineConfig, summary: dict) -> dict[str, Any]:
     """What the report states above its table: how the test set was built."""
     times = summary.get("split_times", {})
@@ -93,7 +98,7 @@ def report(
         evaluated_targets(refs["test_targets"], cfg),
         items,
         results,
-        protocol_of(cfg, summary),
+        {**protocol_of(cfg, summary), **_ranker_rows(ranker_quality)},
         cfg.eval,
     )
     data = {

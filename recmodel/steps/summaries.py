@@ -182,6 +182,7 @@ def ranker_summary(quality: dict, scores: dict) -> str:
             "score_rows": scores.get("rows"),
             "top_features": top,
             "features_dropped": sorted(quality.get("features_dropped") or {}),
+            "fit_rows": quality.get("fit_rows"),
         }
     )
 

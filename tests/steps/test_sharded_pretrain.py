@@ -64,3 +64,14 @@ def test_the_pretrain_step_trains_and_scores_over_shards(run):
     assert entry["user_shards"] == load_step_data(sharded, refs, sharded=True).dataset.n_shards > 1
     assert 0.0 < entry["metrics"]["ndcg@10"] <= 1.0
     assert read_table(entry["recommendations"]).num_rows > 0 and checkpoint
+
+
+def test_the_baselines_top_k_runs_on_the_runs_device():
+    from recmodel.core.presets import load_preset, with_overrides
+    from recmodel.steps.models import baseline_options
+
+    cpu = with_overrides(load_preset("tiny"), {"train": {"device": "cpu"}})
+    assert baseline_options(cpu).device == "cpu"
+    auto = baseline_options(load_preset("tiny"))  # train.device = "auto"
+    assert auto.device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert auto.chunk_items == load_preset("tiny").eval.chunk_items
