@@ -313,11 +313,7 @@ class TwoStageFlow(FlowSpec):
     @step
     def pretrain_nodes(self):
         """Start ``pretrain`` on ``train.nodes`` machines, one data-parallel group."""
-        from recmodel.steps.models import training_nodes
-        from recmodel.steps.summaries import nodes_summary
-
-        self.nodes = training_nodes(self.config)
-        self.summary = nodes_summary("pretrain", self.nodes)
+        self._start_nodes("pretrain")
         self.next(self.pretrain, num_parallel=self.nodes)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -350,25 +346,28 @@ class TwoStageFlow(FlowSpec):
     @step
     def pretrain_gather(self, inputs):
         """The group's checkpoint and results: the first node's (every node trained them)."""
-        from recmodel.steps.models import first_node
-
-        self.merge_artifacts(
-            inputs, exclude=["pretrain_checkpoint", "pretrain_results", "summary", "node"]
-        )
-        first = first_node(inputs)
-        self.pretrain_checkpoint = first.pretrain_checkpoint
-        self.pretrain_results = first.pretrain_results
-        self.summary = first.summary
+        self._first_node(inputs, "pretrain_checkpoint", "pretrain_results")
         self.next(self.materialize_ranker_scores)
 
-    @step
-    def no_logq_nodes(self):
-        """Start ``pretrain_no_logq`` on ``train.nodes`` machines, one data-parallel group."""
+    def _start_nodes(self, step_name):
         from recmodel.steps.models import training_nodes
         from recmodel.steps.summaries import nodes_summary
 
         self.nodes = training_nodes(self.config)
-        self.summary = nodes_summary("pretrain_no_logq", self.nodes)
+        self.summary = nodes_summary(step_name, self.nodes)
+
+    def _first_node(self, inputs, checkpoint, results):
+        from recmodel.steps.models import first_node
+
+        self.merge_artifacts(inputs, exclude=[checkpoint, results, "summary", "node"])
+        first = first_node(inputs)
+        for name in (checkpoint, results, "summary"):
+            setattr(self, name, getattr(first, name))
+
+    @step
+    def no_logq_nodes(self):
+        """Start ``pretrain_no_logq`` on ``train.nodes`` machines, one data-parallel group."""
+        self._start_nodes("pretrain_no_logq")
         self.next(self.pretrain_no_logq, num_parallel=self.nodes)
 
     @card(type="blank", id="training", refresh_interval=5)
@@ -401,15 +400,7 @@ class TwoStageFlow(FlowSpec):
     @step
     def no_logq_gather(self, inputs):
         """The group's checkpoint and results: the first node's (every node trained them)."""
-        from recmodel.steps.models import first_node
-
-        self.merge_artifacts(
-            inputs, exclude=["no_logq_checkpoint", "no_logq_results", "summary", "node"]
-        )
-        first = first_node(inputs)
-        self.no_logq_checkpoint = first.no_logq_checkpoint
-        self.no_logq_results = first.no_logq_results
-        self.summary = first.summary
+        self._first_node(inputs, "no_logq_checkpoint", "no_logq_results")
         self.next(self.join)
 
     @card(type="blank", id="baselines")

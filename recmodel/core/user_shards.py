@@ -14,6 +14,7 @@ shard bounds split the users so that every shard holds about the same number of 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,16 @@ class UserShards:
     def users(self, shard: int) -> tuple[int, int]:
         """``(first, end)``: shard ``shard`` holds users ``first .. end - 1``."""
         return int(self.bounds[shard]), int(self.bounds[shard + 1])
+
+    def parts_of(self, users: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray]]:
+        """Each shard holding some of ``users`` (ascending), read in turn, with those users
+        numbered within it (one shard's events in memory at a time)."""
+        users = np.asarray(users, dtype=np.int64)
+        for shard in range(self.n_shards):
+            first, end = self.users(shard)
+            mine = users[(users >= first) & (users < end)] - first
+            if len(mine):
+                yield self.shard(shard), mine
 
     def shard(self, shard: int) -> Dataset:
         """Events of shard ``shard`` as a :class:`Dataset` of its users, numbered from 0.
@@ -199,17 +210,10 @@ def take_rows(shards: UserShards, users: np.ndarray, before: int, within: int) -
     """The rows of ``users`` (ascending) read shard by shard: their events in windows
     ``< before`` and those in window ``within``, each as a :class:`UserItems` whose row ``i``
     belongs to ``users[i]``."""
-    users = np.asarray(users, dtype=np.int64)
     histories, targets = [], []
-    for shard in range(shards.n_shards):
-        first, end = shards.users(shard)
-        mine = users[(users >= first) & (users < end)] - first
-        if len(mine) == 0:
-            continue
-        part = shards.shard(shard)
+    for part, mine in shards.parts_of(users):
         histories.append(part.history(before).take(mine))
         targets.append(part.events_in(within).take(mine))
-        del part
     return concat_rows(histories), concat_rows(targets)
 
 

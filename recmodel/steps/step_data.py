@@ -180,19 +180,12 @@ def _recommend(model: Any, histories: UserItems, users: np.ndarray, cfg: Pipelin
 def _recommend_by_shard(model: Any, data: StepData) -> tuple[np.ndarray, np.ndarray, UserItems]:
     """The test users' top-k and targets, reading one user shard at a time (rows in the order
     of ``data.test.users``, as in memory)."""
-    shards, users = data.dataset, data.test.users
     items, scores, targets = [], [], []
-    for shard in range(shards.n_shards):
-        first, end = shards.users(shard)
-        mine = users[(users >= first) & (users < end)] - first
-        if len(mine) == 0:
-            continue
-        part = shards.shard(shard)
+    for part, mine in data.dataset.parts_of(data.test.users):
         top, top_scores = _recommend(model, part.history(Window.TEST), mine, data.cfg)
         items.append(top)
         scores.append(top_scores)
         targets.append(part.events_in(Window.TEST).take(mine))
-        del part
     if not items:
         return np.zeros((0, REC_K), np.int64), np.zeros((0, REC_K), np.float32), concat_rows([])
     return np.concatenate(items), np.concatenate(scores), concat_rows(targets)
