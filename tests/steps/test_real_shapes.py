@@ -29,11 +29,11 @@ def write_log(tmp_path, **shape):
     return generate(cfg, tmp_path / "log")
 
 
-def run(tmp_path, paths, with_items=True):
+def run(tmp_path, paths, with_items=True, overrides=FAST):
     return run_steps(
         tmp_path / "run",
         "tiny",
-        FAST,
+        overrides,
         events=str(paths.events),
         items=str(paths.items) if with_items else "",
     )
@@ -89,6 +89,26 @@ def test_a_rating_like_log_without_relistening(tmp_path):
     out = run(tmp_path, paths)
     assert_complete(out)
     assert out["data_summary"]["stages"]["skip"]["events"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"relisten": False, "play_signal": False, "sessions_per_user_per_day": 0.15},
+        {"days": 25.0, "bursts": 5, "burst_gap_days": 50.0, "item_fields": ()},
+    ],
+    ids=["ratings", "bursts-without-items"],
+)
+def test_pretraining_over_user_shards_on_real_shapes(tmp_path, shape):
+    """The pretraining steps read the log as user shards (of a third of it, or less)."""
+    paths = write_log(tmp_path, **{k: v for k, v in shape.items() if k != "item_fields"})
+    with_items = shape.get("item_fields", None) != ()
+    sharded = {**FAST, "train": {**FAST["train"], "shard_events": paths.n_events // 4}}
+    out = run(tmp_path, paths, with_items, sharded)
+    assert_complete(out)
+    for model in ("sasrec_pretrain", "sasrec_no_logq"):
+        assert out["model_results"][model]["user_shards"] >= 2, model
 
 
 @pytest.mark.slow
