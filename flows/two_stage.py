@@ -13,7 +13,9 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 # Metaflow's local @parallel starts the other nodes' tasks with `python` from PATH: make that
 # this interpreter, so that a virtual environment need not be activated (train.nodes > 1).
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+_BIN, _PATH = os.path.dirname(sys.executable), os.environ.get("PATH", "")
+if _PATH.split(os.pathsep)[0] != _BIN:
+    os.environ["PATH"] = os.pathsep.join([_BIN, _PATH])
 
 from metaflow import (  # noqa: E402
     Config,
