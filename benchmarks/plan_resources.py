@@ -3,6 +3,7 @@
     python benchmarks/plan_resources.py                          # every preset, its own size
     python benchmarks/plan_resources.py --preset large --events 500000000
     python benchmarks/plan_resources.py --preset large --pods default
+    python benchmarks/plan_resources.py --preset large --events 4790000000 --overrides '{"train": {"nodes": 8}}'
 
 The size is the preset's planned one (the generator's log for its [synthetic] settings, or
 ``resources.events``) unless ``--events`` gives raw events, with Yambda's users and tracks per
@@ -13,6 +14,7 @@ recmodel.core.timing's time model on each step's pod (its CPUs and GPUs), docs/s
 from __future__ import annotations
 
 import argparse
+import json
 
 from recmodel.core.footprint import (
     check,
@@ -25,6 +27,7 @@ from recmodel.core.presets import (
     load_preset,
     read_preset_file,
     resolve_preset,
+    with_overrides,
 )
 from recmodel.core.resources import (
     preset_resources,
@@ -37,8 +40,8 @@ def duration(seconds: float) -> str:
     return f"{seconds:,.0f} s" if seconds < 600 else f"{minutes // 60}:{minutes % 60:02d} h"
 
 
-def table(preset: str, pods: str, events: int | None) -> None:
-    cfg = load_preset(preset)
+def table(preset: str, pods: str, events: int | None, overrides: dict) -> None:
+    cfg = with_overrides(load_preset(preset), overrides)
     resources = preset_resources(read_preset_file(resolve_preset(pods)), pods)
     sizes = planned_sizes(cfg, resources) if events is None else yambda_shaped(events)
     gpus = {name: step.gpu for name, step in resources.steps.items()}
@@ -73,9 +76,10 @@ def main() -> None:
     parser.add_argument("--preset", action="append", help="preset(s); default: every one")
     parser.add_argument("--pods", help="the preset whose [resources] to use (default: its own)")
     parser.add_argument("--events", type=int, help="raw events (default: the planned size)")
+    parser.add_argument("--overrides", default="{}", help='JSON, e.g. \'{"train": {"nodes": 8}}\'')
     args = parser.parse_args()
     for preset in args.preset or sorted(p.stem for p in CONFIG_DIR.glob("*.toml")):
-        table(preset, args.pods or preset, args.events)
+        table(preset, args.pods or preset, args.events, json.loads(args.overrides))
 
 
 if __name__ == "__main__":

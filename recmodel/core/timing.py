@@ -110,9 +110,10 @@ def pretrain_positions(cfg: PipelineConfig, sizes: Sizes) -> float:
 
 
 def epoch_seconds(cfg: PipelineConfig, sizes: Sizes, machine: Machine) -> float:
-    """One pretraining epoch on ``machine``."""
+    """One pretraining epoch on ``train.nodes`` machines like ``machine``, data parallel (the
+    gradients' traffic between them is not priced)."""
     flops = pretrain_positions(cfg, sizes) * training_flops(cfg, cfg.train.batch_size)
-    return flops / machine.training_flops(cfg.train.threads)
+    return flops / (machine.training_flops(cfg.train.threads) * cfg.train.nodes)
 
 
 def extract_seconds(cfg: PipelineConfig, sizes: Sizes, machine: Machine) -> float:

@@ -87,5 +87,9 @@ def test_gpus_and_threads_divide_the_training_time():
     sizes = Sizes(500_000_000, 100_000, 3_000_000)
     one, eight = Machine("1 GPU", 16, 1), Machine("8 GPUs", 64, 8)
     assert epoch_seconds(cfg, sizes, one) == pytest.approx(8 * epoch_seconds(cfg, sizes, eight))
+    four_nodes = with_overrides(cfg, {"train": {"nodes": 4}})
+    assert epoch_seconds(cfg, sizes, one) == pytest.approx(
+        4 * epoch_seconds(four_nodes, sizes, one)
+    )
     two_threads = with_overrides(cfg, {"extract": {"threads": 2}})
     assert extract_seconds(two_threads, sizes, one) > 3 * extract_seconds(cfg, sizes, one)
