@@ -79,6 +79,11 @@ class UserShards:
         has = (self.lengths_in(window) > 0) & (self.lengths_before(window) >= min_history)
         return np.flatnonzero(has).astype(np.int64)
 
+    def sum_by_shard(self, values: np.ndarray) -> np.ndarray:
+        """int64 ``[S]``: the sum of per-user ``values`` ``[U]`` over each shard's users."""
+        cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+        return np.diff(cumulative[self.bounds])
+
     def users(self, shard: int) -> tuple[int, int]:
         """``(first, end)``: shard ``shard`` holds users ``first .. end - 1``."""
         return int(self.bounds[shard]), int(self.bounds[shard + 1])
@@ -147,22 +152,17 @@ def open_user_shards(
     wanted = max(min_shards, -(-n_events // shard_events) if shard_events > 0 else 1)
     wanted = -(-wanted // min_shards) * min_shards  # ranks get equal numbers of shards
     bounds = shard_bounds(user_events, wanted)
+    shards = UserShards(
+        Path(events_path), bounds, n_users, features.n_items, features, item_counts, window_counts
+    )
     log.info(
         "%d events of %d users in %d user shards (at most %d events each)",
         n_events,
         n_users,
-        len(bounds) - 1,
-        int(np.diff(np.concatenate([[0], np.cumsum(user_events)])[bounds]).max(initial=0)),
+        shards.n_shards,
+        int(shards.sum_by_shard(user_events).max(initial=0)),
     )
-    return UserShards(
-        Path(events_path),
-        bounds,
-        n_users,
-        features.n_items,
-        features,
-        item_counts,
-        window_counts,
-    )
+    return shards
 
 
 def shard_bounds(user_events: np.ndarray, n_shards: int) -> np.ndarray:

@@ -82,8 +82,7 @@ def make_windows(
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    lengths = histories.lengths  # [U]
-    per_user = np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)  # ceil((n - 1) / L)
+    per_user = windows_per_user(histories.lengths, max_len)  # [U]
     users = np.repeat(np.arange(histories.n_users, dtype=np.int64), per_user)  # [W]
     first = np.cumsum(per_user) - per_user  # [U] index of each user's first window
     k = np.arange(len(users), dtype=np.int64) - first[users]  # [W] 0 = most recent
@@ -101,6 +100,12 @@ def make_windows(
         profile_size,
         profile_history,
     )
+
+
+def windows_per_user(lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """int64 ``[U]``: the windows :func:`make_windows` cuts from histories of ``lengths``:
+    ``ceil((n - 1) / L)``, none below two items."""
+    return np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)
 
 
 def left_padded(

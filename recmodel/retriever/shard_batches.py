@@ -27,13 +27,15 @@ import numpy as np
 import torch
 
 from recmodel.core.user_shards import UserShards
-from recmodel.retriever.batches import Batch, Step, concat_batches, make_batch, make_windows
+from recmodel.retriever.batches import (
+    Batch,
+    Step,
+    concat_batches,
+    make_batch,
+    make_windows,
+    windows_per_user,
+)
 from recmodel.retriever.distributed import DistContext, all_gather_rows
-
-
-def windows_per_user(lengths: np.ndarray, max_len: int) -> np.ndarray:
-    """int64 ``[U]``: the windows :func:`make_windows` cuts from histories of ``lengths``."""
-    return np.where(lengths >= 2, (lengths - 2) // max_len + 1, 0)
 
 
 class ShardBatcher:
@@ -63,7 +65,7 @@ class ShardBatcher:
         lengths = shards.train_lengths
         per_user = windows_per_user(lengths, max_len)
         targets_per_user = np.where(lengths >= 2, lengths - 1, 0)
-        per_shard = _sum_by_shard(per_user, shards.bounds)  # [S]
+        per_shard = shards.sum_by_shard(per_user)  # [S]
         rank_windows = np.array([per_shard[r::world_size].sum() for r in range(world_size)])
         if (rank_windows == 0).any():
             empty = int(np.flatnonzero(rank_windows == 0)[0])
@@ -72,7 +74,7 @@ class ShardBatcher:
                 f"({shards.n_shards} shards of {shards.path}): need at least one per rank"
             )
         self.n_windows = int(rank_windows.sum())
-        self.n_targets = int(_sum_by_shard(targets_per_user, shards.bounds).sum())
+        self.n_targets = int(targets_per_user.sum())
         self.windows_of_rank = int(rank_windows[rank])
         self.steps = int((-(-rank_windows // shares)).min())  # ceil, the fewest over ranks
 
@@ -124,9 +126,3 @@ def gather_global_targets(step: Step, ctx: DistContext) -> Step:
     mine = torch.from_numpy(local).to(ctx.device)
     every = all_gather_rows(mine, ctx).cpu().numpy()
     return dataclasses.replace(step, global_targets=every, n_global=len(every))
-
-
-def _sum_by_shard(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """int64 ``[S]``: the sum of ``values`` over each shard's users."""
-    cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
-    return np.diff(cumulative[bounds])
