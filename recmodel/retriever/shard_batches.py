@@ -75,7 +75,6 @@ class ShardBatcher:
             )
         self.n_windows = int(rank_windows.sum())
         self.n_targets = int(targets_per_user.sum())
-        self.windows_of_rank = int(rank_windows[rank])
         self.steps = int((-(-rank_windows // shares)).min())  # ceil, the fewest over ranks
 
     def __len__(self) -> int:
