@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from recmodel.core.columns import Columns, Window
 from recmodel.core.dataset import Dataset
+from tests.helpers.ranker_data import dataset_from_events
 from tests.helpers.retriever_data import item_features
 
 TABLES = ("events", "items", "users")
@@ -28,17 +29,8 @@ def random_dataset(seed: int, n_users: int = 40, n_items: int = 30, longest: int
     window = np.concatenate(
         [np.sort(rng.choice(list(Window.NAMES), size=n, p=[0.6, 0.2, 0.1, 0.1])) for n in lengths]
     ).astype(np.int8)
-    counts = np.bincount(item_idx[window == Window.PRETRAIN], minlength=n_items + 1)
-    return Dataset(
-        user_idx=user_idx,
-        item_idx=item_idx,
-        ts=ts,
-        window=window,
-        n_users=n_users,
-        n_items=n_items,
-        items=item_features(n_items, seed=seed),
-        item_counts=counts.astype(np.int64),
-    )
+    events = np.column_stack([user_idx, item_idx, ts, window])
+    return dataset_from_events(events, n_users, item_features(n_items, seed=seed))
 
 
 def write_tables(dataset: Dataset, directory: Path, row_group_size: int = 50) -> dict[str, Path]:
