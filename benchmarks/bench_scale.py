@@ -6,7 +6,7 @@
     python benchmarks/bench_scale.py --yambda 100 --work /tmp/scale --stages extract \
         --overrides '{"extract": {"shards": 10}}'   # again, on the log already generated
 
-Four stages run one after the other, each in its own child process
+Four stages run one after the other (a fifth on request), each in its own child process
 (``python benchmarks/bench_scale.py --stage NAME --work DIR``), and pass their results on
 through JSON files in the work directory:
 
@@ -14,7 +14,9 @@ through JSON files in the work directory:
 - ``extract``: the SQL extraction (``recmodel.steps.data.extract_sessions``) of that log;
 - ``q``: the Q table (``recmodel.steps.data.estimate_q``);
 - ``pretrain``: ONE epoch of retriever pretraining (``recmodel.steps.models.pretrain``, with
-  ``train.epochs = 1``), including its test recommendations, as the flow's ``pretrain`` step.
+  ``train.epochs = 1``), including its test recommendations, as the flow's ``pretrain`` step;
+- ``baselines`` (only with ``--stages``): the flow's ``baselines`` step
+  (``recmodel.steps.models.baselines``: every baseline tuned, refit and scored).
 
 Tables are published into the work directory (``RunTables(root=...)``), without Metaflow.
 Every 0.2 s the parent reads the resident memory (``VmRSS`` in ``/proc``) of the child and all
@@ -49,7 +51,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_memory import POLL_SECONDS, processes, yambda_overrides  # noqa: E402
 
-STAGES = ("generate", "extract", "q", "pretrain")
+STAGES = ("generate", "extract", "q", "pretrain", "baselines")
+DEFAULT_STAGES = STAGES[:4]
 
 
 def tree_rss(root: int, table: dict[int, tuple[int, list[str], int]]) -> int:
@@ -135,6 +138,15 @@ def stage_pretrain(work: Path, config: dict) -> dict:
     return {"checkpoint": checkpoint, "results": results}
 
 
+def stage_baselines(work: Path, config: dict) -> dict:
+    from recmodel.steps.common import RunTables
+    from recmodel.steps.models import baselines
+
+    refs = read(work, "extract")["refs"]
+    results = baselines(config, refs, RunTables(root=str(work / "tables")))
+    return {"results": results}
+
+
 def run_stage(name: str, work: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = read(work, "config")
@@ -171,7 +183,9 @@ def measure(name: str, work: Path) -> tuple[float, int]:
     return seconds, max(peak[0], usage.ru_maxrss)  # ru_maxrss is in kB on Linux
 
 
-def benchmark(work: Path, preset: str, overrides: dict, stages: tuple[str, ...] = STAGES) -> None:
+def benchmark(
+    work: Path, preset: str, overrides: dict, stages: tuple[str, ...] = DEFAULT_STAGES
+) -> None:
     from recmodel.core.presets import load_preset, with_overrides
 
     cfg = with_overrides(load_preset(preset), overrides)
@@ -192,6 +206,12 @@ def benchmark(work: Path, preset: str, overrides: dict, stages: tuple[str, ...] 
     print("|---|--:|--:|")
     for name, seconds, kb in rows:
         print(f"| {name} | {seconds:,.1f} | {kb / 1024:,.0f} |")
+    if "baselines" in stages:
+        print("\n| baseline | status | test ndcg@10 | fit seconds |\n|---|---|--:|--:|")
+        for name, entry in read(work, "baselines")["results"].items():
+            ndcg = entry.get("metrics", {}).get("ndcg@10", float("nan"))
+            fit = entry.get("fit_seconds", float("nan"))
+            print(f"| {name} | {entry['status']} | {ndcg:.4f} | {fit:,.1f} |")
     if "pretrain" not in stages:
         return
     entry = next(iter(read(work, "pretrain")["results"].values()))
@@ -212,7 +232,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--stages",
-        default=",".join(STAGES),
+        default=",".join(DEFAULT_STAGES),
         help="comma-separated stages to run (later ones need the earlier ones' work directory)",
     )
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)

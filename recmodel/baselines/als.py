@@ -8,8 +8,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recmodel.baselines.base import EMPTY, Recommender, implicit_scope, play_matrix
-from recmodel.core.dataset import Dataset, UserItems
+from recmodel.baselines.base import EMPTY, Recommender, implicit_scope
+from recmodel.baselines.plays import Plays, play_matrix
+from recmodel.core.dataset import UserItems
 from recmodel.evaluation.topk import topk_chunked
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,8 @@ class ALS(Recommender):
             return 0
         return int(self._model.item_factors.size + self._model.user_factors.size)
 
-    def _fit(self, dataset: Dataset, train: UserItems) -> None:
-        plays = play_matrix(train, self.n_items)  # [U, N + 1]
-        self._model = self._fit_point(plays, self.factors, self.regularization, self.alpha)
+    def _fit(self, plays: Plays) -> None:
+        self._model = self._fit_point(plays.matrix, self.factors, self.regularization, self.alpha)
 
     def _fit_point(self, plays: sp.csr_matrix, factors: int, reg: float, alpha: float):
         """One implicit ALS fit; returns a CPU model (GPU factors are copied back)."""
@@ -129,7 +129,7 @@ class ALS(Recommender):
         return model.to_cpu() if use_gpu else model
 
     def _candidates(
-        self, query: UserItems, k: int, filter_seen: bool
+        self, query: UserItems, k: int, filter_seen: bool, now: int
     ) -> tuple[np.ndarray, np.ndarray]:
         conf = confidence(play_matrix(query, self.n_items), self.alpha)  # [U, N + 1]
         with implicit_scope():

@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
 import numpy as np
-import scipy.sparse as sp
 import threadpoolctl
 
+from recmodel.baselines.plays import Plays, training_plays
 from recmodel.core.columns import Window
 from recmodel.core.dataset import Dataset, UserItems
 from recmodel.evaluation.topk import EMPTY  # the same empty-slot marker as the chunked top-k
@@ -39,16 +39,6 @@ def implicit_scope() -> Iterator[None]:
         # Its item-kNN models pass their own COO weighting to a CSR-only routine and warn.
         warnings.filterwarnings("ignore", category=ParameterWarning)
         yield
-
-
-def play_matrix(user_items: UserItems, n_items: int) -> sp.csr_matrix:
-    """float32 CSR ``[U, n_items + 1]`` of play counts, leaving ``user_items`` untouched.
-
-    ``UserItems.to_csr`` hands its arrays to scipy, which keeps int32 indices without a copy and
-    then sorts them in place; a copy keeps the caller's histories in time order.
-    """
-    private = UserItems(user_items.indptr.copy(), user_items.items.copy(), user_items.ts)
-    return private.to_csr(n_items)
 
 
 def pair_keys(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
@@ -242,24 +232,35 @@ class Recommender(ABC):
         """
         if before > Window.TEST:
             raise ValueError(f"a baseline never fits on the test window (before={before})")
-        train = dataset.history(before)
-        self.n_items = dataset.n_items
-        self.item_counts = np.bincount(train.items, minlength=dataset.n_items + 1).astype(np.int64)
-        self.item_counts[0] = 0  # padding is never a track
+        return self.fit_plays(training_plays(dataset, before))
+
+    def fit_plays(self, plays: Plays) -> Recommender:
+        """Fit on training events already reduced to their :class:`Plays` (built once for
+        every model, and one user shard at a time, by :func:`training_plays`)."""
+        self.n_items = plays.n_items
+        self.item_counts = plays.item_counts
         self.popular = popularity_order(self.item_counts)
-        self._fit(dataset, train)
+        self._fit(plays)
         return self
 
     def recommend(
-        self, histories: UserItems, users: np.ndarray, k: int, *, filter_seen: bool = False
+        self,
+        histories: UserItems,
+        users: np.ndarray,
+        k: int,
+        *,
+        filter_seen: bool = False,
+        now: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each of ``users``.
 
         Args:
-            histories: query histories of ALL users (CSR rows by ``user_idx``).
+            histories: query histories (CSR rows; every row of the dataset, or a part's).
             users: int ``[U]`` rows of ``histories`` to recommend for.
             k: items per user; at most the catalog size.
             filter_seen: drop items that appear in the user's history.
+            now: the request time, for the models that weigh plays by age; by default one
+                second after the last event of ``histories``.
 
         Returns:
             items int64 ``[U, k]`` (never 0, no duplicates) and scores float32 ``[U, k]``,
@@ -267,7 +268,9 @@ class Recommender(ABC):
         """
         users = self._check_request(histories, users, k)
         query = histories.take(users)
-        items, scores = self._candidates(query, k, filter_seen)
+        if now is None:
+            now = int(histories.ts.max(initial=-1)) + 1
+        items, scores = self._candidates(query, k, filter_seen, now)
         seen = query if filter_seen else None
         return fill_popular(items, scores, self.popular, seen, self._fill_scores())
 
@@ -281,14 +284,15 @@ class Recommender(ABC):
         return None
 
     @abstractmethod
-    def _fit(self, dataset: Dataset, train: UserItems) -> None:
-        """Model-specific fitting on the training events ``train``."""
+    def _fit(self, plays: Plays) -> None:
+        """Model-specific fitting on the training events' ``plays``."""
 
     @abstractmethod
     def _candidates(
-        self, query: UserItems, k: int, filter_seen: bool
+        self, query: UserItems, k: int, filter_seen: bool, now: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A left-aligned ``[U, k]`` table for the rows of ``query``; may contain ``EMPTY``.
+        """A left-aligned ``[U, k]`` table for the rows of ``query`` at request time ``now``;
+        may contain ``EMPTY``.
 
         Never item 0; with ``filter_seen`` never an item of the row's history.
         """

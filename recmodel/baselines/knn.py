@@ -9,10 +9,10 @@ from recmodel.baselines.base import (
     Recommender,
     implicit_scope,
     pair_keys,
-    play_matrix,
     top_k_per_row,
 )
-from recmodel.core.dataset import Dataset, UserItems
+from recmodel.baselines.plays import Plays, play_matrix
+from recmodel.core.dataset import UserItems
 
 WEIGHTINGS = ("cosine", "bm25", "tfidf")
 # A chunk of users is scored by one sparse product; its entries (an index pair and a score,
@@ -88,23 +88,22 @@ class ItemKNN(Recommender):
     def model_size(self) -> int:
         return int(self.similarity.nnz)
 
-    def _fit(self, dataset: Dataset, train: UserItems) -> None:
+    def _fit(self, plays: Plays) -> None:
         from implicit.nearest_neighbours import (
             BM25Recommender,
             CosineRecommender,
             TFIDFRecommender,
         )
 
-        plays = play_matrix(train, self.n_items)  # [U, N + 1]; column 0 (padding) stays empty
         kind = {"bm25": BM25Recommender, "tfidf": TFIDFRecommender, "cosine": CosineRecommender}
         model = kind[self.weighting](K=self.neighbours, num_threads=self.num_threads)
         with implicit_scope():
-            model.fit(plays, show_progress=False)
+            model.fit(plays.matrix, show_progress=False)  # [U, N + 1]; column 0 stays empty
         # Row i holds the neighbours of track i: a liked track i votes for each of them.
         self.similarity = model.similarity.tocsr().astype(np.float32)
 
     def _candidates(
-        self, query: UserItems, k: int, filter_seen: bool
+        self, query: UserItems, k: int, filter_seen: bool, now: int
     ) -> tuple[np.ndarray, np.ndarray]:
         plays = play_matrix(query, self.n_items)  # [U, N + 1]
         parts = [

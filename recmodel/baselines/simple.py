@@ -11,7 +11,8 @@ from recmodel.baselines.base import (
     pair_keys,
     top_k_per_row,
 )
-from recmodel.core.dataset import Dataset, UserItems
+from recmodel.baselines.plays import SECONDS_PER_DAY, Plays
+from recmodel.core.dataset import UserItems
 
 
 class Popularity(Recommender):
@@ -22,14 +23,14 @@ class Popularity(Recommender):
 
     name = "popularity"
 
-    def _fit(self, dataset: Dataset, train: UserItems) -> None:
+    def _fit(self, plays: Plays) -> None:
         """Nothing beyond the counts the base class keeps."""
 
     def _fill_scores(self) -> np.ndarray:
         return self.item_counts.astype(np.float32)
 
     def _candidates(
-        self, query: UserItems, k: int, filter_seen: bool
+        self, query: UserItems, k: int, filter_seen: bool, now: int
     ) -> tuple[np.ndarray, np.ndarray]:
         # Every slot is left to the popularity fill of the base class.
         return empty_table(query.n_users, k)
@@ -46,11 +47,11 @@ class UserPopular(Recommender):
 
     name = "user_popular"
 
-    def _fit(self, dataset: Dataset, train: UserItems) -> None:
+    def _fit(self, plays: Plays) -> None:
         """Nothing to learn: favourites come from the query history at recommend time."""
 
     def _candidates(
-        self, query: UserItems, k: int, filter_seen: bool
+        self, query: UserItems, k: int, filter_seen: bool, now: int
     ) -> tuple[np.ndarray, np.ndarray]:
         if filter_seen:
             return empty_table(query.n_users, k)
@@ -58,15 +59,11 @@ class UserPopular(Recommender):
         return top_k_per_row(rows, items, counts.astype(np.float32), last_pos, query.n_users, k)
 
 
-SECONDS_PER_DAY = 86_400.0
-POPULARITY_HALF_LIFE_DAYS = 7.0  # the fill of user_recent: popularity of the recent weeks
-
-
 class UserRecent(Recommender):
     """Each listener's own tracks by time-decayed plays, then recently popular tracks.
 
     A track the user played scores ``sum over its plays of exp(-age / tau)``, with ``age`` the
-    time from the play to the request (the end of the histories, in days); ties go to the most
+    time from the play to the request (``now``: by default the end of the histories); ties go to the most
     recent play. ``tau_days`` is tuned on the validation window. Rows are completed with the
     tracks most played in the recent weeks of the training events (plays decayed with a
     half-life of :data:`POPULARITY_HALF_LIFE_DAYS`). With ``filter_seen`` nothing of the
@@ -83,34 +80,23 @@ class UserRecent(Recommender):
         if tau_days <= 0:
             raise ValueError(f"user_recent tau_days must be > 0, got {tau_days}")
         self.tau_days = tau_days
-        self._now = 0  # the request time of the current recommend call
         self._recent = np.zeros(1, dtype=np.float32)  # [N + 1] decayed popularity
 
-    def _fit(self, dataset: Dataset, train: UserItems) -> None:
-        end = int(train.ts.max(initial=0)) + 1
-        half_life = POPULARITY_HALF_LIFE_DAYS * SECONDS_PER_DAY
-        weights = np.exp2(-(end - train.ts) / half_life)
-        self._recent = np.bincount(train.items, weights, minlength=self.n_items + 1)
-        self._recent = self._recent.astype(np.float32)
-        self._recent[0] = 0.0
+    def _fit(self, plays: Plays) -> None:
+        self._recent = plays.recent.astype(np.float32)
         items = np.arange(1, self.n_items + 1, dtype=np.int64)
         self.popular = items[np.lexsort((items, -self._recent[1:]))]
-
-    def recommend(self, histories: UserItems, users: np.ndarray, k: int, **options):
-        # Every query ends before the window it predicts: its end is the request time.
-        self._now = int(histories.ts.max(initial=0)) + 1
-        return super().recommend(histories, users, k, **options)
 
     def _fill_scores(self) -> np.ndarray:
         return np.zeros_like(self._recent)  # below every decayed play count (all > 0)
 
     def _candidates(
-        self, query: UserItems, k: int, filter_seen: bool
+        self, query: UserItems, k: int, filter_seen: bool, now: int
     ) -> tuple[np.ndarray, np.ndarray]:
         if filter_seen:
             return empty_table(query.n_users, k)
         rows, items = history_pairs(query)
-        weights = np.exp(-(self._now - query.ts) / (self.tau_days * SECONDS_PER_DAY))
+        weights = np.exp(-(now - query.ts) / (self.tau_days * SECONDS_PER_DAY))
         keys = pair_keys(rows, items, self.n_items)
         uniq, inverse = np.unique(keys, return_inverse=True)
         scores = np.bincount(inverse, weights=weights, minlength=len(uniq))

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from recmodel.baselines.base import EMPTY, Recommender
+from recmodel.baselines.plays import Plays, PlaySource, training_plays
 from recmodel.core.columns import Window
 from recmodel.core.dataset import Dataset, UserItems
+from recmodel.core.user_shards import take_rows
 from recmodel.evaluation.metrics import evaluate
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,10 @@ Axes = dict[str, Sequence[Any]]  # setting name -> the values to try, the first 
 class Validation:
     """Validation requests: queries before the validation window, targets inside it."""
 
-    histories: UserItems  # rows: all users
+    queries: UserItems  # row i: the events of users[i] before the validation window
     users: np.ndarray  # int64 [V] users with a target and a history
     targets: UserItems  # rows aligned with ``users``
+    now: int  # the request time: one second after the last event before the window
     of_users: int = 0  # validation users before sampling (``len(users)`` when none was)
 
     def describe(self) -> str:
@@ -63,22 +66,27 @@ class Validation:
         return f"{len(self.users):,} validation users"
 
 
-def validation_requests(dataset: Dataset, max_users: int = 0, seed: int = 0) -> Validation | None:
-    """The validation requests (a seeded sample of ``max_users`` when > 0), or None if none."""
-    users = dataset.users_with_events(Window.VAL, min_history=1)
+def validation_requests(source: PlaySource, max_users: int = 0, seed: int = 0) -> Validation | None:
+    """The validation requests (a seeded sample of ``max_users`` when > 0), or None if none.
+
+    ``source`` is the in-memory :class:`Dataset` or the run's user shards; only the sampled
+    users' events are read (one shard at a time).
+    """
+    users = source.users_with_events(Window.VAL, min_history=1)
     if users.size == 0:
         return None
     every = len(users)
     if 0 < max_users < every:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    targets = dataset.events_in(Window.VAL).take(users)
-    return Validation(dataset.history(Window.VAL), users, targets, every)
+    queries, targets = take_rows(source, users, Window.VAL, Window.VAL)
+    return Validation(queries, users, targets, source.end_before(Window.VAL), every)
 
 
 def validation_score(model: Recommender, val: Validation) -> float:
     """NDCG@10 of ``model``'s recommendations for the validation requests."""
     k = min(TUNE_K, model.n_items)
-    items, _ = model.recommend(val.histories, val.users, k)
+    rows = np.arange(len(val.users))
+    items, _ = model.recommend(val.queries, rows, k, now=val.now)
     # A catalog smaller than TUNE_K leaves empty slots, which evaluate() never counts.
     items = np.pad(items, ((0, 0), (0, TUNE_K - k)), constant_values=EMPTY)
     result = evaluate(
@@ -138,21 +146,20 @@ def search(axes: Axes, score: Callable[[dict[str, Any]], float], method: str) ->
     return best
 
 
-def tune_and_refit(
+def tune(
     build: Callable[..., Recommender],
     axes: Axes,
-    dataset: Dataset,
+    plays: Plays,
     val: Validation | None,
     method: str = "coordinate",
-) -> Tuned:
-    """Search ``axes`` on ``val`` with models from ``build(**point)``; refit the best.
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The best point of ``axes``: models from ``build(**point)`` fit on ``plays`` (the events
+    before the validation window) and scored on ``val``.
 
-    Args:
-        build: makes an unfitted model from one point.
-        axes: the settings to try (one value each: nothing to search).
-        dataset: the events.
-        val: the validation requests (None: no search, the first point is refit).
-        method: ``coordinate`` or ``grid`` (module docstring).
+    Returns:
+        ``(best, rows)``: the point, and one row per point scored (its settings, score and
+        seconds); without a search (one point, or no validation users) the first point and
+        no rows.
     """
     points = grid_points(axes)
     if not points:
@@ -161,15 +168,29 @@ def tune_and_refit(
 
     def score(point: dict[str, Any]) -> float:
         start = time.perf_counter()
-        value = validation_score(build(**point).fit(dataset, before=Window.VAL), val)
+        value = validation_score(build(**point).fit_plays(plays), val)
         rows.append({**point, TUNE_METRIC: value, "seconds": time.perf_counter() - start})
         log.info("%s: validation %s=%.4f", point, TUNE_METRIC, value)
         return value
 
-    best = points[0]
-    if len(points) > 1 and val is None:
-        log.warning("no validation users: keeping the first setting %s untuned", best)
-    elif len(points) > 1:
-        best = search(axes, score, method)
-    model = build(**best).fit(dataset, before=Window.TEST)
+    if len(points) == 1:
+        return points[0], rows
+    if val is None:
+        log.warning("no validation users: keeping the first setting %s untuned", points[0])
+        return points[0], rows
+    return search(axes, score, method), rows
+
+
+def tune_and_refit(
+    build: Callable[..., Recommender],
+    axes: Axes,
+    dataset: Dataset,
+    val: Validation | None,
+    method: str = "coordinate",
+) -> Tuned:
+    """:func:`tune` on the events before the validation window, then the best setting refit
+    on every event before the test window (the in-memory form of the baselines step)."""
+    tuning = training_plays(dataset, Window.VAL) if len(grid_points(axes)) > 1 else None
+    best, rows = tune(build, axes, tuning, val, method)
+    model = build(**best).fit_plays(training_plays(dataset, Window.TEST))
     return Tuned(model, dict(best), rows)

@@ -8,6 +8,7 @@ table indexed by ``item_idx`` has ``n_items + 1`` rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +152,21 @@ class Dataset:
         in_window = np.bincount(self.user_idx[self.window == window], minlength=self.n_users)
         before = np.bincount(self.user_idx[self.window < window], minlength=self.n_users)
         return np.flatnonzero((in_window > 0) & (before >= min_history)).astype(np.int64)
+
+    def end_before(self, window: int) -> int:
+        """One second after the last event in windows ``< window`` (0 when there is none): the
+        request time of the queries of ``window``."""
+        return int(self.ts[self.window < window].max(initial=-1)) + 1
+
+    def parts(self) -> Iterator[Dataset]:
+        """The events as parts that hold users ``0..n_users - 1`` in order: here one, the
+        dataset itself (:meth:`recmodel.core.user_shards.UserShards.parts` reads shards)."""
+        yield self
+
+    def parts_of(self, users: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray]]:
+        """``(part, rows)`` for ``users`` (ascending): here the dataset and ``users``
+        themselves (:meth:`recmodel.core.user_shards.UserShards.parts_of`)."""
+        yield self, np.asarray(users, dtype=np.int64)
 
     def request_ts(self, window: int) -> np.ndarray:
         """int64 ``[U]``: each user's first event time in ``window`` (-1 where none)."""

@@ -18,10 +18,9 @@ from recmodel.core.columns import MODEL_NAMES
 from recmodel.core.config import PipelineConfig, memory_bytes
 from recmodel.core.resources import MB, STEPS, Resources
 
-DATA_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "materialize_ranker_scores")
-DATA_STEPS += ("finetune", "end")  # every step that loads the extracted events into numpy
+DATA_STEPS = ("materialize_ranker_scores", "finetune")  # they load every event
 TRAINING_STEPS = ("pretrain", "pretrain_no_logq", "finetune")
-SHARDED_STEPS = ("pretrain", "pretrain_no_logq")  # they read one user shard at a time
+SHARDED_STEPS = ("pretrain", "pretrain_no_logq", "baselines")  # one user shard at a time
 
 # Measured (docs/benchmarks.md, "Extraction" and "Out of core"): DuckDB holds 33 B per raw
 # event; spilling writes about 1.6x that; the final events file takes 7.4 B per event; a
@@ -50,6 +49,7 @@ DATASET_PEAK_BYTES = 61
 # recmodel/core/user_shards.py: each user's events per window (4 x int64) and the shard's
 # arrays while it is read; the bounds and item counts are smaller.
 USER_COUNT_BYTES = 32
+HISTORY_BYTES = 12  # an event of a UserItems history: int32 item, int64 time
 FLOAT = 4
 ADAM_COPIES = 4  # weights, gradients and two moments
 LOGIT_COPIES = 3  # logits, their gradient and the softmax
@@ -109,7 +109,8 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
         needs[name] = Need(TRAINING_PROCESS_MB + _mb(data))
     for name in SHARDED_STEPS:
         held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
-        needs[name] = Need(TRAINING_PROCESS_MB + _mb(held))
+        process = TRAINING_PROCESS_MB if name in TRAINING_STEPS else PROCESS_MB
+        needs[name] = Need(process + _mb(held))
     for name in ("pretrain", "pretrain_no_logq"):
         batch, held = cfg.train.batch_size, held_events(cfg, sizes)
         needs[name] = _training(cfg, sizes, needs[name], batch, gpus.get(name, 0), held)
@@ -135,8 +136,19 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
     recommendations = len(MODEL_NAMES) * sizes.users * 100 * 16
     for name in ("join", "report"):
         needs[name] = Need(PROCESS_MB + _mb(2 * recommendations))
-    needs["end"] = _plus(needs["end"], (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2)
+    # end: the champion's week, the test users' histories read shard by shard (all of them in
+    # memory under train.shard_events), and the item vectors of the serving export.
+    held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
+    tested = HISTORY_BYTES * sizes.events * _test_share(cfg, sizes)
+    vectors = (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2
+    needs["end"] = Need(PROCESS_MB + _mb(held + tested + vectors))
     return needs
+
+
+def _test_share(cfg: PipelineConfig, sizes: Sizes) -> float:
+    """The share of the users the test scores (``eval.max_test_users``; all when 0)."""
+    cap = cfg.eval.max_test_users
+    return min(1.0, cap / max(sizes.users, 1)) if cap > 0 else 1.0
 
 
 def _fit_rows(cfg: PipelineConfig, rows: int) -> int:
@@ -146,8 +158,9 @@ def _fit_rows(cfg: PipelineConfig, rows: int) -> int:
 
 
 def held_events(cfg: PipelineConfig, sizes: Sizes) -> int:
-    """Final events a pretraining process holds at once: the whole run, or one user shard
-    when the run has more than ``train.shard_events`` (:mod:`recmodel.core.user_shards`)."""
+    """Final events a pretraining or baselines process holds at once: the whole run, or one
+    user shard when the run has more than ``train.shard_events``
+    (:mod:`recmodel.core.user_shards`)."""
     limit = cfg.train.shard_events
     return min(sizes.events, limit) if limit > 0 else sizes.events
 
@@ -194,7 +207,10 @@ def _training(
 
 def _baselines(cfg: PipelineConfig, sizes: Sizes) -> float:
     """The largest of ALS (factors, the play matrix, one top-k block) and item-kNN (the
-    similarity, the play matrix and one chunk's sparse product, which its budget bounds)."""
+    similarity, the play matrix and one chunk's sparse product, which its budget bounds).
+
+    The play matrix (:class:`recmodel.baselines.plays.Plays`) is counted twice: its shards'
+    parts and the stacked copy, or the matrix and ALS's confidence copy."""
     b = cfg.baselines
     pairs = sizes.events  # distinct (user, track) pairs: at most the events
     factors = max(b.als_factors)

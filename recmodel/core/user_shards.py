@@ -5,8 +5,8 @@ rows and of row groups: :meth:`UserShards.shard` reads only the row groups whose
 statistics meet its range, and only the columns a :class:`Dataset` needs. A process that trains
 on (or scores) one shard after another holds one shard's events, never the whole log.
 
-:func:`open_user_shards` makes one streaming pass over three narrow columns (``user_idx``,
-``item_idx``, ``window``) to count, per user, the events each model reads, and per item the
+:func:`open_user_shards` makes one streaming pass over four narrow columns (``user_idx``,
+``item_idx``, ``window``, ``ts``) to count, per user, the events each model reads, and per item the
 popularity of the pretrain window; it keeps those users- and items-sized arrays only. The
 shard bounds split the users so that every shard holds about the same number of events.
 """
@@ -43,6 +43,7 @@ class UserShards:
             :attr:`Dataset.item_counts`).
         window_counts: int64 ``[U, 4]`` each user's events in each window
             (:class:`recmodel.core.columns.Window` codes).
+        last_ts: int64 ``[4]`` the last event time of each window (-1 where it is empty).
     """
 
     path: Path
@@ -52,6 +53,7 @@ class UserShards:
     items: ItemFeatures
     item_counts: np.ndarray
     window_counts: np.ndarray
+    last_ts: np.ndarray
 
     @property
     def n_shards(self) -> int:
@@ -79,6 +81,10 @@ class UserShards:
         has = (self.lengths_in(window) > 0) & (self.lengths_before(window) >= min_history)
         return np.flatnonzero(has).astype(np.int64)
 
+    def end_before(self, window: int) -> int:
+        """:meth:`Dataset.end_before` from the counts."""
+        return int(self.last_ts[:window].max(initial=-1)) + 1
+
     def sum_by_shard(self, values: np.ndarray) -> np.ndarray:
         """int64 ``[S]``: the sum of per-user ``values`` ``[U]`` over each shard's users."""
         cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
@@ -87,6 +93,11 @@ class UserShards:
     def users(self, shard: int) -> tuple[int, int]:
         """``(first, end)``: shard ``shard`` holds users ``first .. end - 1``."""
         return int(self.bounds[shard]), int(self.bounds[shard + 1])
+
+    def parts(self) -> Iterator[Dataset]:
+        """Every shard in turn (one in memory at a time): users ``0..n_users - 1`` in order."""
+        for shard in range(self.n_shards):
+            yield self.shard(shard)
 
     def parts_of(self, users: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray]]:
         """Each shard holding some of ``users`` (ascending), read in turn, with those users
@@ -146,14 +157,23 @@ def open_user_shards(
     """
     n_users = pq.read_metadata(users_path).num_rows
     features = item_features(pq.read_table(items_path), source=str(items_path))
-    window_counts, item_counts = _count_events(Path(events_path), n_users, features.n_items)
+    window_counts, item_counts, last_ts = _count_events(
+        Path(events_path), n_users, features.n_items
+    )
     user_events = window_counts.sum(axis=1)
     n_events = int(user_events.sum())
     wanted = max(min_shards, -(-n_events // shard_events) if shard_events > 0 else 1)
     wanted = -(-wanted // min_shards) * min_shards  # ranks get equal numbers of shards
     bounds = shard_bounds(user_events, wanted)
     shards = UserShards(
-        Path(events_path), bounds, n_users, features.n_items, features, item_counts, window_counts
+        Path(events_path),
+        bounds,
+        n_users,
+        features.n_items,
+        features,
+        item_counts,
+        window_counts,
+        last_ts,
     )
     log.info(
         "%d events of %d users in %d user shards (at most %d events each)",
@@ -177,16 +197,18 @@ def shard_bounds(user_events: np.ndarray, n_shards: int) -> np.ndarray:
     return np.unique(np.concatenate([[0], np.clip(cuts, 1, n_users), [n_users]])).astype(np.int64)
 
 
-def _count_events(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """int64 ``[U, 4]`` events per user and window, and ``[N + 1]`` pretrain item counts."""
+def _count_events(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray, ...]:
+    """int64 ``[U, 4]`` events per user and window, ``[N + 1]`` pretrain item counts and
+    ``[4]`` the last event time of each window."""
     n_windows = len(Window.NAMES)
     window_counts = np.zeros(n_users * n_windows, dtype=np.int64)
     item_counts = np.zeros(n_items + 1, dtype=np.int64)
-    columns = [Columns.USER_IDX, Columns.ITEM_IDX, Columns.WINDOW]
+    last_ts = np.full(n_windows, -1, dtype=np.int64)
+    columns = [Columns.USER_IDX, Columns.ITEM_IDX, Columns.WINDOW, Columns.TS]
     for batch in pq.ParquetFile(path).iter_batches(batch_size=SCAN_ROWS, columns=columns):
         if batch.num_rows == 0:
             continue
-        user, item, window = (_checked(batch, c, path) for c in columns)
+        user, item, window, ts = (_checked(batch, c, path) for c in columns)
         if user.min() < 0 or user.max() >= n_users:
             raise ValueError(f"{path}: {Columns.USER_IDX} outside 0..{n_users - 1}")
         if item.min() < 1 or item.max() > n_items:
@@ -196,7 +218,8 @@ def _count_events(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray, n
         cell = user.astype(np.int64) * n_windows + window
         window_counts += np.bincount(cell, minlength=len(window_counts))
         item_counts += np.bincount(item[window == Window.PRETRAIN], minlength=n_items + 1)
-    return window_counts.reshape(n_users, n_windows), item_counts
+        np.maximum.at(last_ts, window, ts)
+    return window_counts.reshape(n_users, n_windows), item_counts, last_ts
 
 
 def _checked(batch, column: str, path: Path) -> np.ndarray:
@@ -206,12 +229,14 @@ def _checked(batch, column: str, path: Path) -> np.ndarray:
     return array.to_numpy(zero_copy_only=False)
 
 
-def take_rows(shards: UserShards, users: np.ndarray, before: int, within: int) -> tuple:
-    """The rows of ``users`` (ascending) read shard by shard: their events in windows
-    ``< before`` and those in window ``within``, each as a :class:`UserItems` whose row ``i``
-    belongs to ``users[i]``."""
+def take_rows(
+    source: UserShards | Dataset, users: np.ndarray, before: int, within: int
+) -> tuple[UserItems, UserItems]:
+    """The rows of ``users`` (ascending) read shard by shard (or from the dataset in memory):
+    their events in windows ``< before`` and those in window ``within``, each as a
+    :class:`UserItems` whose row ``i`` belongs to ``users[i]``."""
     histories, targets = [], []
-    for part, mine in shards.parts_of(users):
+    for part, mine in source.parts_of(users):
         histories.append(part.history(before).take(mine))
         targets.append(part.events_in(within).take(mine))
     return concat_rows(histories), concat_rows(targets)

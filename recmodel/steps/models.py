@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from recmodel.baselines.registry import BASELINES, BuildOptions, run_baseline
+from recmodel.baselines.registry import BASELINES, BuildOptions, run_baselines
 from recmodel.core.dataset import Dataset
 from recmodel.core.tables import AnyRef, read_table
 from recmodel.core.user_shards import UserShards
@@ -185,31 +185,35 @@ def baseline_options(cfg: Any) -> BuildOptions:
 
 
 def baselines(config: dict, refs: dict, tables: Any) -> dict:
-    """Tune, refit and evaluate every classic baseline; a failure is an entry, not an error."""
-    data = load_step_data(config, refs)
+    """Tune, refit and evaluate every classic baseline; a failure is an entry, not an error.
+
+    A run of more than ``train.shard_events`` events stays on disk: the baselines fit on its
+    play counts, built one user shard at a time, and answer the test users shard by shard
+    (:func:`recmodel.baselines.registry.run_baselines`).
+    """
+    data = load_step_data(config, refs, sharded=True)
     cfg = data.cfg
-    options = baseline_options(cfg)
+    outputs, targets = run_baselines(
+        list(BASELINES.values()),
+        cfg.baselines,
+        baseline_options(cfg),
+        data.dataset,
+        data.test.users,
+        REC_K,
+        cfg.eval.filter_seen,
+    )
     results = {}
-    for baseline in BASELINES.values():
-        out = run_baseline(
-            baseline,
-            cfg.baselines,
-            options,
-            data.dataset,
-            data.test.users,
-            data.test.histories,
-            REC_K,
-            cfg.eval.filter_seen,
-        )
+    for name, out in outputs.items():
         if out["status"] != "ok":
-            results[out["name"]] = {k: out[k] for k in ("status", "error", "traceback")}
+            results[name] = {k: out.get(k) for k in ("status", "error", "traceback")}
             continue
-        results[out["name"]] = model_result(
+        results[name] = model_result(
             data,
-            out["name"],
+            name,
             out["items"],
             out["scores"],
             tables,
+            targets,
             fit_seconds=out["fit_seconds"],
             model_size=out["model_size"],
             params=out["params"],

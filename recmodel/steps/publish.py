@@ -8,10 +8,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from recmodel.core.columns import Columns
+from recmodel.core.columns import Columns, Window
 from recmodel.core.files import load_checkpoint
 from recmodel.core.plain import plain
 from recmodel.core.tables import AnyRef, read_table
+from recmodel.core.user_shards import take_rows
 from recmodel.serving import champion, export
 from recmodel.serving.bundle import MANIFEST
 from recmodel.serving.gate import CandidateWeek
@@ -52,19 +53,22 @@ def candidate_week(config: dict, refs: dict) -> CandidateWeek:
     """The run's test users, their queries and targets: what the champion is scored on.
 
     The users and targets are the report's (``eval.max_test_users`` samples both alike); the
-    popularity order is the popularity baseline's, for listeners the champion cannot embed.
+    popularity order is the popularity baseline's (the pretrain window's plays), for listeners
+    the champion cannot embed. A run of more than ``train.shard_events`` events stays on disk:
+    only the test users' histories are read, one user shard at a time.
     """
-    from recmodel.baselines.simple import Popularity
+    from recmodel.baselines.base import popularity_order
     from recmodel.steps.step_data import load_step_data
 
-    data = load_step_data(config, refs)
-    users = data.test.users  # [U] user_idx
+    data = load_step_data(config, refs, sharded=True)
+    users = data.test.users  # [U] user_idx, ascending
+    histories, _ = take_rows(data.dataset, users, Window.TEST, Window.TEST)
     return CandidateWeek(
         targets=evaluated_targets(refs["test_targets"], data.cfg),
         items=read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM, Columns.COUNT]),
         user_ids=data.user_ids.take(pa.array(users)),
-        histories=data.test.histories.take(users),
-        popular=Popularity().fit(data.dataset).popular,
+        histories=histories,
+        popular=popularity_order(data.dataset.item_counts),
         filter_seen=data.cfg.eval.filter_seen,
     )
 

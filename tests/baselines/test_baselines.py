@@ -16,16 +16,16 @@ from recmodel.baselines.base import (
     Recommender,
     fill_popular,
     implicit_scope,
-    play_matrix,
     top_k_per_row,
 )
 from recmodel.baselines.knn import ENTRY_BYTES, ItemKNN, fit_bytes, user_chunks
+from recmodel.baselines.plays import play_matrix
 from recmodel.baselines.registry import (
     BASELINES,
     Baseline,
     BuildOptions,
     build_baselines,
-    run_baseline,
+    run_baselines,
 )
 from recmodel.baselines.simple import Popularity, UserPopular
 from recmodel.baselines.tuning import grid_points, validation_requests
@@ -529,16 +529,16 @@ def test_recommend_checks_its_arguments():
         model.recommend(histories, np.array([3]), 2)
 
 
-# --------------------------------------------------------------------------- run_baseline
+# --------------------------------------------------------------------------- run_baselines
 
 
 class Exploding(Recommender):
     name = "exploding"
 
-    def _fit(self, dataset, train):
+    def _fit(self, plays):
         raise RuntimeError("boom")
 
-    def _candidates(self, query, k, filter_seen):  # pragma: no cover - never reached
+    def _candidates(self, query, k, filter_seen, now):  # pragma: no cover - never reached
         raise AssertionError
 
 
@@ -547,7 +547,11 @@ def run(name_or_baseline, data, users, k, cfg=None):
         BASELINES[name_or_baseline] if isinstance(name_or_baseline, str) else name_or_baseline
     )
     cfg = cfg or BaselinesConfig()
-    return run_baseline(baseline, cfg, BuildOptions(1), data, users, data.history(TEST), k, False)
+    outputs, targets = run_baselines([baseline], cfg, BuildOptions(1), data, users, k, False)
+    expected = data.events_in(TEST).take(users)
+    assert np.array_equal(targets.indptr, expected.indptr)
+    assert np.array_equal(targets.items, expected.items)
+    return outputs[baseline.name]
 
 
 def test_run_baseline_reports_a_failure(caplog):

@@ -76,10 +76,10 @@ class Scripted(Recommender):
         super().__init__()
         self.quality, self.other = quality, other
 
-    def _fit(self, dataset, train):
-        Scripted.fits.append((self.quality, int(train.ts.max())))
+    def _fit(self, plays):
+        Scripted.fits.append((self.quality, plays.end - 1))
 
-    def _candidates(self, query, k, filter_seen):
+    def _candidates(self, query, k, filter_seen, now):
         return empty_table(query.n_users, k)
 
 
@@ -160,7 +160,7 @@ def test_validation_score_is_evaluate_of_the_models_own_recommendations():
     data = two_blocks()
     val = validation_requests(data)
     model = Popularity().fit(data, before=Window.VAL)
-    items, _ = model.recommend(val.histories, val.users, 10)
+    items, _ = model.recommend(data.history(Window.VAL), val.users, 10)
     expected = evaluate(items, val.targets, ks=(10,), item_counts=model.item_counts, n_items=12)
     assert validation_score(model, val) == pytest.approx(expected.summary["ndcg@10"])
     sample = validation_requests(data, max_users=7, seed=3)

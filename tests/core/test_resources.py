@@ -87,7 +87,10 @@ def test_the_large_preset_as_it_was_fails_the_model():
     fixed = Resources({name: FIXED_PODS.get(name, StepResources()) for name in STEPS})
     problems = check(cfg, fixed, planned_sizes(cfg, fixed))
     failing = {p.split(":")[0] for p in problems}
-    assert {"extract_sessions", "pretrain", "pretrain_no_logq", "baselines"} <= failing
+    assert {"extract_sessions", "pretrain", "pretrain_no_logq"} <= failing
+    # The baselines broke near 190M raw events with every event in numpy; over user shards
+    # they hold the play counts and one shard, which the old 8 GB pod holds at this size.
+    assert "baselines" not in failing
     extract = [p for p in problems if p.startswith("extract_sessions: needs")]
     assert extract and "of memory" in extract[0] and "gives 8,000 MB" in extract[0]
     assert any("extract.threads = 8 on 2 CPU(s)" in p for p in problems)
@@ -151,8 +154,13 @@ def test_pretraining_is_bounded_by_its_user_shard_as_measured():
     # Ten times the events of the same users and tracks: the same shard, the same pod.
     cfg = load_preset("default")
     log, ten_logs = (Sizes(n, 9_656, 93_290) for n in (47_594_454, 475_944_540))
-    assert requirements(cfg, ten_logs, {})["pretrain"] == requirements(cfg, log, {})["pretrain"]
-    assert requirements(cfg, ten_logs, {})["finetune"] != requirements(cfg, log, {})["finetune"]
+    ten, one = requirements(cfg, ten_logs, {}), requirements(cfg, log, {})
+    for name in ("pretrain", "pretrain_no_logq"):
+        assert ten[name] == one[name], name
+    # What still grows with the log: the ranker's and finetune steps load every event, the
+    # baselines hold the play matrix (a pair per event at most), end the test users' histories.
+    for name in ("materialize_ranker_scores", "finetune", "baselines", "end"):
+        assert ten[name].memory > one[name].memory, name
 
 
 def test_a_step_with_a_gpu_keeps_the_dataset_on_the_host_and_the_logits_on_the_gpu():

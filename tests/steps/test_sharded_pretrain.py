@@ -1,8 +1,10 @@
-"""The pretraining steps over user shards: the test users, their scores and metrics are those of
-the run loaded in memory, and the step runs end to end."""
+"""The steps over user shards: the test users, their scores and metrics are those of the run
+loaded in memory (the pretraining steps' test scoring, the baselines step), and pretraining runs
+end to end."""
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from recmodel.core.user_shards import UserShards
 from recmodel.retriever.model import Retriever
 from recmodel.steps.common import RunTables
 from recmodel.steps.data import estimate_q, extract_sessions, start
-from recmodel.steps.models import SASREC, dataset_of, pretrain
+from recmodel.steps.models import SASREC, baselines, dataset_of, pretrain
 from recmodel.steps.step_data import load_step_data, trained_result
 
 SHARDED = {"train": {"shard_events": 4_000, "epochs": 1}}
@@ -64,6 +66,38 @@ def test_the_pretrain_step_trains_and_scores_over_shards(run):
     assert entry["user_shards"] == load_step_data(sharded, refs, sharded=True).dataset.n_shards > 1
     assert 0.0 < entry["metrics"]["ndcg@10"] <= 1.0
     assert read_table(entry["recommendations"]).num_rows > 0 and checkpoint
+
+
+def test_the_baselines_step_over_shards_equals_the_step_in_memory(run):
+    root, config, sharded, refs = run
+    expected = baselines(config, refs, RunTables(root=str(root / "baselines-memory")))
+    got = baselines(sharded, refs, RunTables(root=str(root / "baselines-shards")))
+    assert list(got) == list(expected) and len(got) >= 5
+    for name, entry in got.items():
+        assert entry["status"] == expected[name]["status"] == "ok", name
+        assert entry["params"] == expected[name]["params"], name
+        assert entry["metrics"] == pytest.approx(expected[name]["metrics"], rel=1e-6), name
+        assert entry["metrics"]["n_users"] == expected[name]["metrics"]["n_users"] > 0
+        table, want = (
+            read_table(entry["recommendations"]),
+            read_table(expected[name]["recommendations"]),
+        )
+        assert table.drop(["score"]).equals(want.drop(["score"])), name
+
+
+def test_the_champions_week_over_shards_equals_the_week_in_memory(run):
+    from recmodel.baselines.simple import Popularity
+    from recmodel.steps.publish import candidate_week
+
+    _, config, sharded, refs = run
+    expected, got = candidate_week(config, refs), candidate_week(sharded, refs)
+    assert got.user_ids.equals(expected.user_ids) and len(got.user_ids) > 0
+    for field in ("indptr", "items", "ts"):
+        assert np.array_equal(getattr(got.histories, field), getattr(expected.histories, field))
+    memory = load_step_data(config, refs)
+    assert got.histories.n_users == len(memory.test.users)
+    assert np.array_equal(got.popular, Popularity().fit(memory.dataset).popular)
+    assert np.array_equal(expected.popular, got.popular)
 
 
 def test_the_baselines_top_k_runs_on_the_runs_device():
