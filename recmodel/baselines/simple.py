@@ -63,10 +63,10 @@ class UserRecent(Recommender):
     """Each listener's own tracks by time-decayed plays, then recently popular tracks.
 
     A track the user played scores ``sum over its plays of exp(-age / tau)``, with ``age`` the
-    time from the play to the request (``now``: by default the end of the histories); ties go to the most
-    recent play. ``tau_days`` is tuned on the validation window. Rows are completed with the
-    tracks most played in the recent weeks of the training events (plays decayed with a
-    half-life of :data:`POPULARITY_HALF_LIFE_DAYS`). With ``filter_seen`` nothing of the
+    time from the play to the request (``now``: by default the end of the histories); ties go
+    to the most recent play. ``tau_days`` is tuned on the validation window. Rows are completed
+    with the tracks most played in the recent weeks of the training events (plays decayed with
+    a half-life of :data:`POPULARITY_HALF_LIFE_DAYS`). With ``filter_seen`` nothing of the
     history is left, so the model reduces to recent popularity over unheard tracks.
 
     Args:

@@ -18,9 +18,9 @@ from recmodel.core.columns import MODEL_NAMES
 from recmodel.core.config import PipelineConfig, memory_bytes
 from recmodel.core.resources import MB, STEPS, Resources
 
-DATA_STEPS = ("materialize_ranker_scores", "finetune")  # they load every event
+DATA_STEPS = ("materialize_ranker_scores",)  # it loads every event
 TRAINING_STEPS = ("pretrain", "pretrain_no_logq", "finetune")
-SHARDED_STEPS = ("pretrain", "pretrain_no_logq", "baselines")  # one user shard at a time
+SHARDED_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "finetune")  # a shard at a time
 
 # Measured (docs/benchmarks.md, "Extraction" and "Out of core"): DuckDB holds 33 B per raw
 # event; spilling writes about 1.6x that; the final events file takes 7.4 B per event; a
@@ -50,6 +50,9 @@ DATASET_PEAK_BYTES = 61
 # arrays while it is read; the bounds and item counts are smaller.
 USER_COUNT_BYTES = 32
 HISTORY_BYTES = 12  # an event of a UserItems history: int32 item, int64 time
+SCORE_ROW_BYTES = 28  # a ranker_scores row: int64 user and request time, int32 item, float64
+REQUEST_SLOT_BYTES = 13  # a padded candidate of a request: int64 item, float32 score, bool
+PROFILE_ENTRY_BYTES = 20  # a profile track: int64 id and three float32 features
 FLOAT = 4
 ADAM_COPIES = 4  # weights, gradients and two moments
 LOGIT_COPIES = 3  # logits, their gradient and the softmax
@@ -114,18 +117,23 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
     for name in ("pretrain", "pretrain_no_logq"):
         batch, held = cfg.train.batch_size, held_events(cfg, sizes)
         needs[name] = _training(cfg, sizes, needs[name], batch, gpus.get(name, 0), held)
-    needs["finetune"] = _training(
-        cfg,
-        sizes,
-        needs["finetune"],
-        cfg.finetune.batch_size,
-        gpus.get("finetune", 0),
-        sizes.events,
-    )
-    needs["baselines"] = _plus(needs["baselines"], _baselines(cfg, sizes))
     ranker_rows = sizes.users * (
         cfg.ranker.n_candidates + cfg.ranker.n_own_candidates + cfg.ranker.n_popular_candidates
     )
+    # finetune: the ranker's scores (their table, then padded per request) and each request's
+    # query and profile (recmodel.distill.requests.RequestInputs), one request per user.
+    m = cfg.model
+    per_request = m.max_len * 8 + m.profile_size * PROFILE_ENTRY_BYTES
+    requests = ranker_rows * (SCORE_ROW_BYTES + REQUEST_SLOT_BYTES) + sizes.users * per_request
+    needs["finetune"] = _training(
+        cfg,
+        sizes,
+        _plus(needs["finetune"], requests),
+        cfg.finetune.batch_size,
+        gpus.get("finetune", 0),
+        held_events(cfg, sizes),
+    )
+    needs["baselines"] = _plus(needs["baselines"], _baselines(cfg, sizes))
     needs["materialize_ranker_scores"] = _plus(
         needs["materialize_ranker_scores"],
         (RANKER_COPIES * ranker_rows + RANKER_FIT_COPIES * _fit_rows(cfg, ranker_rows))

@@ -20,7 +20,10 @@ model's validation score (the same evaluation as pretraining) and early stopping
 returns a model that validates worse than the one it started from. Losses are watched by the
 trainer's :class:`~recmodel.retriever.progress.TrainingMonitor`. Requests of held-out users
 (:mod:`recmodel.distill.requests`) are not trained on; the pairwise agreement on them is
-recorded every epoch. One process (no data parallelism): the request set is small.
+recorded every epoch. One process (no data parallelism): the request set is small. Each
+request's query, profile and targets are read once
+(:func:`recmodel.distill.requests.request_inputs`, one user shard at a time when the run's
+events stay on disk), so the run holds those, not the histories.
 """
 
 from __future__ import annotations
@@ -34,19 +37,18 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from recmodel.core.columns import Window
 from recmodel.core.config import EvalConfig, FinetuneConfig, QConfig, TrainConfig
 from recmodel.core.dataset import Dataset
+from recmodel.core.user_shards import UserShards
 from recmodel.distill.requests import (
+    RequestInputs,
     Requests,
     heldout_agreement,
+    holdout_mask,
     pair_agreement,
-    request_targets,
+    request_inputs,
     requests_from_scores,
-    split_requests,
 )
-from recmodel.ranker.splits import check_windows
-from recmodel.retriever.batches import last_items
 from recmodel.retriever.checkpoint import load_state, model_config_dict, state_bytes
 from recmodel.retriever.distributed import DistContext, resolve_device
 from recmodel.retriever.fitting import EarlyStopping, TrainResult
@@ -55,7 +57,7 @@ from recmodel.retriever.model import Retriever
 from recmodel.retriever.objective import CandidateSampler, DeviceBatch, next_item_loss
 from recmodel.retriever.optim import build_optimizer
 from recmodel.retriever.progress import ProgressFn, TrainingMonitor, format_record
-from recmodel.retriever.validation import VAL_METRIC, evaluate_retriever, validation_set
+from recmodel.retriever.validation import VAL_METRIC, evaluate_retriever, validation_set_of
 
 logger = logging.getLogger(__name__)
 
@@ -97,19 +99,25 @@ def finetune_retriever(
         recmodel.retriever.progress.TrainingError: the loss became NaN or infinite.
     """
     requests = requests_from_scores(ranker_scores)
-    check_windows(dataset, requests.users, requests.request_ts)
-    train, held_out = split_requests(requests)
-    if len(train) == 0:
+    held = holdout_mask(requests.users)
+    if held.all():
         raise ValueError(
             f"no finetuning requests: {len(requests)} requests in ranker_scores, "
             "all of held-out users"
         )
     if isinstance(device, str):
         device = resolve_device(device)
-    run = _Finetune(retriever, dataset, (train, held_out), (cfg, train_cfg, cfg_eval), device)
+    inputs = request_inputs(dataset, requests, retriever)  # checks the requests' windows
+    split = [(requests.take(rows), inputs.take(rows)) for rows in _split_rows(held)]
+    run = _Finetune(retriever, dataset, split, (cfg, train_cfg, cfg_eval), device)
     run.candidates = CandidateSampler.from_config(item_counts_for_q, train_cfg, cfg_q).to(device)
     run.monitor = TrainingMonitor(DistContext(device=device), run.total, run.steps, progress)
     return run.fit(progress)
+
+
+def _split_rows(held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``(finetuned on, held out)`` of the requests (:func:`holdout_mask`)."""
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 class _Finetune:
@@ -121,23 +129,20 @@ class _Finetune:
     def __init__(
         self,
         retriever: Retriever,
-        dataset: Dataset,
-        requests: tuple[Requests, Requests],
+        dataset: Dataset | UserShards,
+        requests: list[tuple[Requests, RequestInputs]],
         configs: tuple[FinetuneConfig, TrainConfig, EvalConfig],
         device: torch.device,
     ):
         cfg, train_cfg, self.cfg_eval = configs
-        self.valset = validation_set(
-            dataset, train_cfg.eval_users, train_cfg.seed, self.cfg_eval.filter_seen
-        )
+        self.valset = validation_set_of(dataset, train_cfg, self.cfg_eval)
         self.cfg, self.train_cfg, self.device = cfg, train_cfg, device
         self.start = time.perf_counter()
         torch.manual_seed(train_cfg.seed)  # dropout
         self.model = copy.deepcopy(retriever).to(device)
         self.model_config = model_config_dict(retriever.cfg, dataset.items)
-        self.histories = dataset.history(Window.FINETUNE)
-        self.train, self.held_out = requests  # (finetuned on, held out for the metrics)
-        self.targets = request_targets(dataset, self.train)
+        # (finetuned on, held out for the metrics), each with its queries and targets
+        (self.train, self.inputs), (self.held_out, self.held_inputs) = requests
         self.steps = math.ceil(len(self.train) / cfg.batch_size)
         self.total = cfg.epochs * self.steps
         self.optimizer = build_optimizer(
@@ -193,7 +198,7 @@ class _Finetune:
         for batch, i in enumerate(range(0, len(order), self.cfg.batch_size)):
             rows = order[i : i + self.cfg.batch_size]
             requests = self.train.take(rows)
-            loss, parts = self._step(requests, self._positives(rows, rng))
+            loss, parts = self._step(rows, requests, self._positives(rows, rng))
             sums += parts
             self.monitor.record(loss, epoch, batch, len(rows), _describe(requests))
         pair, softmax, agree, pairs = sums.tolist()
@@ -207,19 +212,21 @@ class _Finetune:
 
     def _positives(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """int64 ``[B]``: one random finetune-window listen per request (0 where none)."""
-        starts, counts = self.targets.indptr[rows], self.targets.lengths[rows]
+        targets = self.inputs.targets
+        starts, counts = targets.indptr[rows], targets.lengths[rows]
         pick = starts + np.floor(rng.random(len(rows)) * counts).astype(np.int64)
         out = np.zeros(len(rows), dtype=np.int64)
-        out[counts > 0] = self.targets.items[pick[counts > 0]]
+        out[counts > 0] = targets.items[pick[counts > 0]]
         return out
 
-    def _step(self, batch: Requests, positives: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step: the loss and ``[pair, next-item, agreeing pairs, pairs]``."""
+    def _step(
+        self, rows: np.ndarray, batch: Requests, positives: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on the training requests ``rows`` (``batch``): the loss and
+        ``[pair, next-item, agreeing pairs, pairs]``."""
         put = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
-        queries = put(last_items(self.histories, batch.users, self.model.cfg.max_len))  # [B, T]
-        profile = self.model.profiles(self.histories, batch.users).to_torch(
-            slice(None), self.device
-        )
+        queries = put(self.inputs.windows[rows])  # [B, T]
+        profile = self.inputs.profiles.to_torch(rows, self.device)
         items, scores, mask = put(batch.items), put(batch.scores), put(batch.mask)
         self.optimizer.zero_grad()
         cuda = self.device.type == "cuda"
@@ -243,7 +250,7 @@ class _Finetune:
         start = time.perf_counter()
         out = {
             "heldout_agreement": heldout_agreement(
-                self.model, self.histories, self.held_out, self.device
+                self.model, self.held_inputs, self.held_out, self.device
             )
         }
         out.update(

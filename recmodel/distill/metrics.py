@@ -26,15 +26,18 @@ import torch
 
 from recmodel.core.columns import Window
 from recmodel.core.dataset import Dataset, UserItems
+from recmodel.core.user_shards import UserShards
 from recmodel.distill.requests import (
     HOLDOUT_SHARE,
     Requests,
     heldout_agreement,
-    request_targets,
+    request_inputs,
+    request_parts,
     requests_from_scores,
     split_requests,
 )
 from recmodel.evaluation.metrics import evaluate
+from recmodel.ranker.features import run_recent_counts
 from recmodel.ranker.model import Ranker
 from recmodel.retriever.model import Retriever
 
@@ -47,7 +50,7 @@ NDCG_K = 10
 
 def distillation_metrics(
     retrievers: dict[str, Retriever],
-    dataset: Dataset,
+    dataset: Dataset | UserShards,
     ranker_scores: pa.Table,
     *,
     ranker: Ranker | None,
@@ -58,7 +61,7 @@ def distillation_metrics(
 
     Args:
         retrievers: models by name; they are moved to ``device``.
-        dataset: the events.
+        dataset: the events, in memory or the run's user shards (read one at a time).
         ranker_scores: ``user_idx, item_idx, request_ts, score`` (built-in or imported).
         ranker: the built-in ranker for the two-stage NDCG, or None (imported scores).
         n_candidates: the retriever's K handed to the ranker.
@@ -76,14 +79,17 @@ def distillation_metrics(
     if len(held) == 0:
         logger.warning("distillation metrics: no held-out request")
         return out
-    histories = dataset.history(Window.FINETUNE)
-    targets = request_targets(dataset, held)
     device = torch.device(device)
+    # The ranker's recent popularity counts every user (a shard holds some of them).
+    recent = None if ranker is None else run_recent_counts(dataset, Window.FINETUNE)
+    inputs, shape = None, None
     for name, model in retrievers.items():
         model.to(device)
+        if inputs is None or model.cfg != shape:  # the queries a model of this shape reads
+            inputs, shape = request_inputs(dataset, held, model), model.cfg
         out[name] = {
-            "pair_agreement": heldout_agreement(model, histories, held, device),
-            **_list_metrics(model, dataset, histories, held, targets, ranker, n_candidates),
+            "pair_agreement": heldout_agreement(model, inputs, held, device),
+            **_list_metrics(model, dataset, held, inputs.targets, (ranker, recent), n_candidates),
         }
         logger.info("distillation, %s: %s", name, out[name])
     return out
@@ -91,23 +97,30 @@ def distillation_metrics(
 
 def _list_metrics(
     model: Retriever,
-    dataset: Dataset,
-    histories: UserItems,
+    dataset: Dataset | UserShards,
     held: Requests,
     targets: UserItems,
-    ranker: Ranker | None,
+    ranking: tuple[Ranker | None, np.ndarray | None],
     n_candidates: int,
 ) -> dict[str, float]:
-    ids, _ = model.recommend(histories, held.users, max(RETRIEVER_TOP, n_candidates))  # [R, K']
-    topk = ids[:, :n_candidates]  # [R, K]
+    ranker, recent = ranking
+    retrieved, reranked = [], []
+    for part, first_user, local in request_parts(dataset, held):
+        histories = part.history(Window.FINETUNE)
+        ids, _ = model.recommend(histories, local.users, max(RETRIEVER_TOP, n_candidates))
+        retrieved.append(ids)  # [r, K']
+        if ranker is not None:
+            topk = ids[:, :n_candidates]  # [r, K]
+            scores = ranker.score_topk(part, local.users, topk, first_user, recent)  # [r, K]
+            reranked.append(rerank(topk, scores))
+    ids = np.concatenate(retrieved)  # [R, K'] in the order of ``held``
     out = {
         f"ranker_top{RANKER_TOP}_in_top{RETRIEVER_TOP}": top_overlap(held, ids[:, :RETRIEVER_TOP]),
-        f"retriever_ndcg@{NDCG_K}": _ndcg(topk, targets, dataset),
+        f"retriever_ndcg@{NDCG_K}": _ndcg(ids[:, :n_candidates], targets, dataset),
         f"two_stage_ndcg@{NDCG_K}": math.nan,
     }
     if ranker is not None:
-        scores = ranker.score_topk(dataset, held.users, topk)  # [R, K]
-        out[f"two_stage_ndcg@{NDCG_K}"] = _ndcg(rerank(topk, scores), targets, dataset)
+        out[f"two_stage_ndcg@{NDCG_K}"] = _ndcg(np.concatenate(reranked), targets, dataset)
     return out
 
 

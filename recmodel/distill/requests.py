@@ -12,7 +12,8 @@ ranker's scores.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -20,17 +21,22 @@ import torch
 
 from recmodel.core.columns import Columns, Window
 from recmodel.core.dataset import Dataset, UserItems
+from recmodel.core.user_shards import UserShards, concat_rows
 from recmodel.ranker.candidates import padded
-from recmodel.ranker.splits import HOLDOUT_SHARE, holdout_mask
+from recmodel.ranker.splits import HOLDOUT_SHARE, check_windows, holdout_mask
 from recmodel.retriever.batches import last_items
 from recmodel.retriever.model import Retriever
+from recmodel.retriever.profile import Profiles
 
 __all__ = [
     "HOLDOUT_SHARE",
+    "RequestInputs",
     "Requests",
     "heldout_agreement",
     "holdout_mask",
     "pair_agreement",
+    "request_inputs",
+    "request_parts",
     "request_targets",
     "requests_from_scores",
     "split_requests",
@@ -108,6 +114,83 @@ def request_targets(dataset: Dataset, requests: Requests) -> UserItems:
     return UserItems(indptr, events.items[keep], events.ts[keep])
 
 
+@dataclass(frozen=True)
+class RequestInputs:
+    """What the retriever reads for each request, computed once (rows aligned with requests).
+
+    Attributes:
+        windows: int64 ``[R, T]`` the user's last ``max_len`` plays before the finetune window,
+            left-padded: the query.
+        profiles: the queries' long-term profiles (``[R, 0]`` without them).
+        targets: the user's finetune-window listens at or after the request time.
+    """
+
+    windows: np.ndarray
+    profiles: Profiles
+    targets: UserItems
+
+    def take(self, rows: np.ndarray) -> RequestInputs:
+        profiles = Profiles(self.profiles.items[rows], self.profiles.features[rows])
+        return RequestInputs(self.windows[rows], profiles, self.targets.take(rows))
+
+
+def request_parts(
+    source: Dataset | UserShards, requests: Requests
+) -> Iterator[tuple[Dataset, int, Requests]]:
+    """The requests (ordered by user, as :func:`requests_from_scores` orders them) with the part
+    of the events that holds their users: one user shard at a time when ``source`` is the run's
+    user shards, else the dataset itself.
+
+    Yields:
+        ``(part, first_user, local)``: the next requests in order (``local``), with their users
+        numbered within ``part``, whose user ``u`` is the run's ``first_user + u``.
+    """
+    if np.any(np.diff(requests.users) < 0):
+        raise ValueError("requests must be ordered by user")
+    users = np.unique(requests.users)
+    done = 0  # users of ``users`` already read
+    for part, local in source.parts_of(users):
+        mine = users[done : done + len(local)]  # the run-wide ids of ``local``
+        done += len(local)
+        lo = np.searchsorted(requests.users, mine[0], side="left")
+        hi = np.searchsorted(requests.users, mine[-1], side="right")
+        at = requests.take(np.arange(lo, hi))
+        first_user = int(mine[0] - local[0])
+        yield part, first_user, replace(at, users=at.users - first_user)
+    if done != len(users):
+        raise ValueError(f"{len(users) - done} request users are not in the events")
+
+
+def request_inputs(
+    source: Dataset | UserShards, requests: Requests, model: Retriever
+) -> RequestInputs:
+    """The :class:`RequestInputs` of ``requests`` (ordered by user), read part by part
+    (:func:`request_parts`); checks every request's windows (:func:`check_windows`).
+
+    Only the requests' users are read, and of them only what ``model`` looks at is kept: the
+    step holds the windows and profiles, not the histories.
+    """
+    windows, items, features, targets = [], [], [], []
+    for part, _, local in request_parts(source, requests):
+        check_windows(part, local.users, local.request_ts)
+        histories = part.history(Window.FINETUNE)
+        windows.append(last_items(histories, local.users, model.cfg.max_len))
+        profiles = model.profiles(histories, local.users)
+        items.append(profiles.items)
+        features.append(profiles.features)
+        targets.append(request_targets(part, local))
+    if not windows:
+        size = model.cfg.profile_size if model.long_term is not None else 0
+        return RequestInputs(
+            np.zeros((0, model.cfg.max_len), np.int64), Profiles.empty(0, size), concat_rows([])
+        )
+    return RequestInputs(
+        np.concatenate(windows),
+        Profiles(np.concatenate(items), np.concatenate(features)),
+        concat_rows(targets),
+    )
+
+
 def pair_agreement(
     z: torch.Tensor, r: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,19 +214,21 @@ def pair_agreement(
 
 @torch.no_grad()
 def heldout_agreement(
-    model: Retriever, histories: UserItems, requests: Requests, device: torch.device
+    model: Retriever, inputs: RequestInputs, requests: Requests, device: torch.device
 ) -> float:
-    """Share of the ranker's ordered pairs that ``model`` orders the same way (NaN if none)."""
+    """Share of the ranker's ordered pairs that ``model`` orders the same way (NaN if none);
+    ``inputs`` are the requests' queries (:func:`request_inputs`)."""
     was_training = model.training
     model.eval()
     agree, pairs = 0.0, 0
     try:
         for i in range(0, len(requests), EVAL_BATCH):
-            batch = requests.take(np.arange(i, min(i + EVAL_BATCH, len(requests))))
-            queries = torch.from_numpy(last_items(histories, batch.users, model.cfg.max_len))
-            profile = model.profiles(histories, batch.users).to_torch(slice(None), device)
+            rows = np.arange(i, min(i + EVAL_BATCH, len(requests)))
+            batch = requests.take(rows)
+            queries = torch.from_numpy(inputs.windows[rows]).to(device)
+            profile = inputs.profiles.to_torch(rows, device)
             items = torch.from_numpy(batch.items).to(device)
-            _, logits = model.candidate_logits(queries.to(device), items, profile=profile)
+            _, logits = model.candidate_logits(queries, items, profile=profile)
             a, p = pair_agreement(
                 logits.float(),
                 torch.from_numpy(batch.scores).to(device),

@@ -10,7 +10,7 @@ with numpy. Columns, in :data:`FEATURES` order:
 | ``retriever_score`` | the pretrained retriever's logit of the candidate | popular-only |
 | ``retriever_rank`` | 0-based rank in the retriever's top-K (K: popular-only) | never |
 | ``item_count`` | listen+ count of the track in the pretrain window | never |
-| ``item_count_recent`` | listen+ count in the last 7 days of the history | never |
+| ``item_count_recent`` | listen+ count in the last 7 days of every user's history | never |
 | ``user_history_len`` | number of events in the user's history | never |
 | ``user_item_count`` | the user's earlier plays of the track (repeat count) | never |
 | ``secs_since_item`` | seconds from the user's last play of the track | never played |
@@ -34,6 +34,7 @@ tempo or acoustic vector, respectively).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -79,6 +80,7 @@ def candidate_features(
     items: ItemFeatures,
     item_counts: np.ndarray,
     runner: SqlRunner | None = None,
+    recent_counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """float32 ``[N, F]`` features of every candidate row, columns in :data:`FEATURES` order.
 
@@ -89,20 +91,43 @@ def candidate_features(
         item_counts: int ``[n_items + 1]`` pretrain listen+ counts.
         runner: runs the feature SQL and records it (a new connection with the default
             limits when None).
+        recent_counts: int ``[n_items + 1]`` the tracks' plays in the last days of every
+            user's history (:func:`recent_item_counts`); counted from ``history`` when None,
+            which then holds every user (a user shard passes the run's counts).
     """
     runner = SqlRunner(connect()) if runner is None else runner
-    relational = _sql_features(cands, history, items, item_counts, runner)  # [N, F - 1]
+    if recent_counts is None:
+        recent_counts = recent_item_counts(history, items.n_items)
+    counts = (item_counts, recent_counts)
+    relational = _sql_features(cands, history, items, counts, runner)  # [N, F - 1]
     acoustic = acoustic_similarity(cands, history, items)  # [N]
     return np.concatenate([relational, acoustic[:, None]], axis=1).astype(np.float32)
 
 
-def _sql_features(cands, history, items, item_counts, runner: SqlRunner) -> np.ndarray:
-    history_end = int(history.ts.max(initial=0)) + 1
-    params = {
-        "recent_start": history_end - RECENT_POPULARITY_SECONDS,
-        "recent_listens": RECENT_LISTENS,
-    }
-    tables = _input_tables(cands, history, items, item_counts)
+def recent_item_counts(history: UserItems, n_items: int, end: int | None = None) -> np.ndarray:
+    """int64 ``[n_items + 1]``: plays of each track in ``history`` in the
+    :data:`RECENT_POPULARITY_SECONDS` before ``end`` (default: the history's last play + 1 s).
+
+    Over user shards, each shard's counts with the run's ``end`` add up to the run's."""
+    if end is None:
+        end = int(history.ts.max(initial=0)) + 1
+    recent = history.items[history.ts >= end - RECENT_POPULARITY_SECONDS]
+    return np.bincount(recent, minlength=n_items + 1).astype(np.int64)
+
+
+def run_recent_counts(source: Any, before: int) -> np.ndarray:
+    """:func:`recent_item_counts` of every user's events in windows ``< before``, read part by
+    part (``source``: a :class:`recmodel.core.dataset.Dataset` or the run's user shards)."""
+    end = source.end_before(before)
+    total = np.zeros(source.n_items + 1, dtype=np.int64)
+    for part in source.parts():
+        total += recent_item_counts(part.history(before), source.n_items, end)
+    return total
+
+
+def _sql_features(cands, history, items, counts, runner: SqlRunner) -> np.ndarray:
+    params = {"recent_listens": RECENT_LISTENS}
+    tables = _input_tables(cands, history, items, counts)
     for name, table in tables.items():
         runner.con.register(name, table)
     try:
@@ -118,7 +143,8 @@ def _sql_features(cands, history, items, item_counts, runner: SqlRunner) -> np.n
     return np.stack([np.ma.filled(out[name], np.nan) for name in SQL_FEATURES], axis=1)
 
 
-def _input_tables(cands, history, items, item_counts) -> dict[str, pa.Table]:
+def _input_tables(cands, history, items, counts) -> dict[str, pa.Table]:
+    item_counts, recent_counts = counts
     hist_users = np.repeat(np.arange(history.n_users), history.lengths)
     return {
         "ranker_candidates": pa.table(
@@ -146,6 +172,7 @@ def _input_tables(cands, history, items, item_counts) -> dict[str, pa.Table]:
                 "tempo_bucket": items.tempo_bucket.astype(np.int64),
                 "track_length": items.track_length.astype(np.float64),
                 "item_count": np.asarray(item_counts, dtype=np.int64),
+                "item_count_recent": np.asarray(recent_counts, dtype=np.int64),
             }
         ),
     }

@@ -18,7 +18,7 @@ a request, which never spans two folds. The users held out for the distillation 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -66,19 +66,34 @@ class Ranker:
     base: Candidates
     n_retrieved: int
 
-    def score_topk(self, dataset: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def score_topk(
+        self,
+        dataset: Dataset,
+        users: np.ndarray,
+        items: np.ndarray,
+        first_user: int = 0,
+        recent_counts: np.ndarray | None = None,
+    ) -> np.ndarray:
         """float64 ``[R, K]`` scores of ``items [R, K]`` for users' requests (NaN at ids <= 0).
 
         Every user must have a request among the base candidates (its request time is reused).
+        ``dataset`` may be a part of the run's users (a user shard): ``users`` are numbered
+        within it, user ``u`` being the run's ``first_user + u``, and ``recent_counts`` are
+        the run's (:func:`recmodel.ranker.features.run_recent_counts` before the finetune
+        window).
         """
-        at = np.minimum(np.searchsorted(self.base.users, users), self.base.n_requests - 1)
-        if self.base.n_requests == 0 or np.any(self.base.users[at] != users):
+        run_users = np.asarray(users, dtype=np.int64) + first_user
+        at = np.minimum(np.searchsorted(self.base.users, run_users), self.base.n_requests - 1)
+        if self.base.n_requests == 0 or np.any(self.base.users[at] != run_users):
             raise KeyError("score_topk: some users have no request in the ranker's candidates")
         cands = relabel_candidates(
-            self.base, users, self.base.request_ts[at], items, dataset.n_items, self.n_retrieved
+            self.base, run_users, self.base.request_ts[at], items, dataset.n_items, self.n_retrieved
         )
         history = dataset.history(Window.FINETUNE)
-        feats = candidate_features(cands, history, dataset.items, dataset.item_counts)
+        local = replace(cands, users=run_users - first_user)  # the rows of ``history``
+        feats = candidate_features(
+            local, history, dataset.items, dataset.item_counts, recent_counts=recent_counts
+        )
         out = np.full(items.shape, np.nan)
         out[items > 0] = self.model.score(feats, cands.row_users)  # rows: valid ids, row-major
         return out
@@ -91,13 +106,16 @@ class Ranker:
         cfg: RankerConfig,
         window: int,
         k: int,
+        recent_counts: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The two-stage system as served: ``retriever``'s candidates re-ranked by the ranker.
 
         The requests are ``users`` at their first event in ``window``, with every event before
         the window as history (the protocol's query); candidates come from the three sources
         of training (the retriever's top-K, the user's own tracks, popular tracks), their
-        retriever features from ``retriever`` itself.
+        retriever features from ``retriever`` itself. ``dataset`` may be one user shard, with
+        the run's ``recent_counts`` (:func:`recmodel.ranker.features.run_recent_counts`
+        before ``window``).
 
         Returns:
             ``(items int64 [U, k], scores float64 [U, k])`` best first; rows with fewer than
@@ -112,7 +130,9 @@ class Ranker:
         cands = candidates_from_topk(
             users, request_ts, np.asarray(ids), np.asarray(scores), popular, own
         )
-        feats = candidate_features(cands, history, dataset.items, dataset.item_counts)
+        feats = candidate_features(
+            cands, history, dataset.items, dataset.item_counts, recent_counts=recent_counts
+        )
         score = self.model.score_new(feats)
         order = order_within_requests(cands.indptr, score)  # best first within each request
         items = padded(cands.indptr, cands.items[order].astype(np.int64), EMPTY, width=k)

@@ -44,8 +44,7 @@ from recmodel.retriever.train_state import TrainStateStore
 from recmodel.retriever.validation import (
     VAL_METRIC,
     evaluate_retriever,
-    shard_validation_set,
-    validation_set,
+    validation_set_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -193,7 +192,7 @@ class _Run:
             grad_clip=cfg_train.grad_clip,
             fused=ctx.device.type == "cuda",
         )
-        self.valset = _validation_set(dataset, cfg_train, cfg_eval) if ctx.is_main else None
+        self.valset = validation_set_of(dataset, cfg_train, cfg_eval) if ctx.is_main else None
         self.progress = progress if ctx.is_main else None
         self.monitor = TrainingMonitor(ctx, total_steps, len(self.batcher), self.progress)
         logger.info(
@@ -302,12 +301,6 @@ def _batcher(
         dataset.train(), cfg_model.max_len, profile_size, cfg_model.profile_history
     )
     return WindowBatcher(windows, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
-
-
-def _validation_set(dataset: Dataset | UserShards, cfg: TrainConfig, cfg_eval: EvalConfig):
-    if isinstance(dataset, UserShards):
-        return shard_validation_set(dataset, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
-    return validation_set(dataset, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
 
 
 def describe_step(step: Step) -> str:

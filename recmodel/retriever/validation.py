@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmodel.core.columns import Window
+from recmodel.core.config import EvalConfig, TrainConfig
 from recmodel.core.dataset import Dataset, UserItems
 from recmodel.core.user_shards import UserShards, take_rows
 from recmodel.evaluation.metrics import evaluate
@@ -81,6 +82,16 @@ def shard_validation_set(
     rows = np.arange(len(users), dtype=np.int64)
     exclude = histories if filter_seen else None
     return ValidationSet(rows, histories, targets, exclude, shards.item_counts, shards.n_items)
+
+
+def validation_set_of(
+    source: Dataset | UserShards, cfg: TrainConfig, cfg_eval: EvalConfig
+) -> ValidationSet:
+    """The validation set of training (``train.eval_users``), from the events in memory or
+    read from user shards."""
+    if isinstance(source, UserShards):
+        return shard_validation_set(source, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
+    return validation_set(source, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
 
 
 def evaluate_retriever(

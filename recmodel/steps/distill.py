@@ -14,6 +14,7 @@ from recmodel.core.tables import AnyRef, read_table
 from recmodel.distill.finetune import finetune_retriever
 from recmodel.distill.metrics import distillation_metrics
 from recmodel.evaluation.testset import REC_K
+from recmodel.ranker.features import run_recent_counts
 from recmodel.ranker.model import build_ranker_scores
 from recmodel.ranker.score_tables import load_ranker_scores, with_original_ids
 from recmodel.retriever.checkpoint import load_retriever
@@ -22,6 +23,7 @@ from recmodel.steps.common import connect_for
 from recmodel.steps.live_card import TrainingCard
 from recmodel.steps.step_data import (
     StepData,
+    answer_by_part,
     checkpoint_of,
     load_step_data,
     maybe_fail,
@@ -101,13 +103,17 @@ def finetune(
 ) -> tuple[dict, dict, dict]:
     """Distil the ranker into the retriever; evaluate it as ``sasrec_two_stage``.
 
+    A run of more than ``train.shard_events`` events stays on disk: the requests' queries, the
+    validation users, the test users and the held-out requests are read one user shard at a
+    time (the ranker's scores are per request, not per event).
+
     Returns:
         ``(finetune_checkpoint, results, distillation)``: the weights, the entries of
         ``sasrec_two_stage`` and (with the built-in ranker) ``two_stage_ranked`` for
         ``model_results``, and the distillation metrics of both retrievers.
     """
     maybe_fail("finetune", tables)
-    data = load_step_data(config, refs)
+    data = load_step_data(config, refs, sharded=True)
     cfg = data.cfg
     device = resolve_device(cfg.train.device)
     pretrained = _retriever(checkpoint, data, device)
@@ -142,10 +148,15 @@ def finetune(
 
 
 def ranked_result(data: StepData, ranker: Any, retriever: Any, tables: Any) -> dict:
-    """``two_stage_ranked``: the test users' candidates of ``retriever`` ranked by ``ranker``."""
+    """``two_stage_ranked``: the test users' candidates of ``retriever`` ranked by ``ranker``
+    (one user shard at a time when the run's events stay on disk)."""
     started = time.perf_counter()
-    items, scores = ranker.rank(
-        data.dataset, retriever, data.test.users, data.cfg.ranker, Window.TEST, REC_K
+    recent = run_recent_counts(data.dataset, Window.TEST)  # every user's, shard or not
+    items, scores, targets = answer_by_part(
+        data,
+        lambda part, mine: ranker.rank(
+            part, retriever, mine, data.cfg.ranker, Window.TEST, REC_K, recent
+        ),
     )
     seconds = time.perf_counter() - started
     return model_result(
@@ -154,6 +165,7 @@ def ranked_result(data: StepData, ranker: Any, retriever: Any, tables: Any) -> d
         items,
         scores,
         tables,
+        targets,
         recommend_seconds=seconds,
         params={"n_candidates": data.cfg.ranker.n_candidates},
         fit_rule=RANKED_RULE,

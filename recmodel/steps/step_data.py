@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,11 +179,22 @@ def _recommend(model: Any, histories: UserItems, users: np.ndarray, cfg: Pipelin
 
 
 def _recommend_by_shard(model: Any, data: StepData) -> tuple[np.ndarray, np.ndarray, UserItems]:
-    """The test users' top-k and targets, reading one user shard at a time (rows in the order
-    of ``data.test.users``, as in memory)."""
+    """The test users' top-k and targets, reading one user shard at a time."""
+    cfg = data.cfg
+    return answer_by_part(
+        data, lambda part, mine: _recommend(model, part.history(Window.TEST), mine, cfg)
+    )
+
+
+def answer_by_part(
+    data: StepData, answer: Callable[[Dataset, np.ndarray], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, UserItems]:
+    """``answer(part, rows)`` (a ``[r, k]`` top-k and its scores) for the test users of each part
+    of the events in turn (one user shard, or the whole dataset in memory), and the users'
+    test-window listens; rows in the order of ``data.test.users``, as in memory."""
     items, scores, targets = [], [], []
     for part, mine in data.dataset.parts_of(data.test.users):
-        top, top_scores = _recommend(model, part.history(Window.TEST), mine, data.cfg)
+        top, top_scores = answer(part, mine)
         items.append(top)
         scores.append(top_scores)
         targets.append(part.events_in(Window.TEST).take(mine))

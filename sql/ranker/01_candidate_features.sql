@@ -11,9 +11,9 @@
 -- Inputs (registered views): ranker_candidates (row_id, user_idx, item_idx, request_ts,
 --          retriever_score, retriever_rank), ranker_history (user_idx, item_idx, ts: events
 --          strictly before each user's request), ranker_items (item_idx, artist_idx, genre_idx,
---          tempo_bucket, track_length, item_count). Code 0 means unknown metadata.
--- Params: $recent_start (int64 s): start of the "recent popularity" period;
---         $recent_listens (int): how many of a user's last listens form the recent profile.
+--          tempo_bucket, track_length, item_count, item_count_recent: counts over every
+--          user, which a part of the users cannot count itself). Code 0 means unknown metadata.
+-- Params: $recent_listens (int): how many of a user's last listens form the recent profile.
 -- Decayed plays: sum over the user's plays of exp(-age / tau), age from the play to the
 -- request, tau of 1, 7 and 30 days: re-listening from the whole history in wall-clock time.
 
@@ -45,13 +45,6 @@ user_profile as (
         ) as recent_tempo
     from history_meta
     group by user_idx
-),
-
-item_recent as (
-    select item_idx, count(*) as n
-    from history
-    where ts >= $recent_start
-    group by item_idx
 ),
 
 requests as (
@@ -107,7 +100,7 @@ final as (
         c.retriever_score::double as retriever_score,
         c.retriever_rank::double as retriever_rank,
         i.item_count::double as item_count,
-        coalesce(ir.n, 0)::double as item_count_recent,
+        i.item_count_recent::double as item_count_recent,
         coalesce(up.history_len, 0)::double as user_history_len,
         coalesce(ui.n, 0)::double as user_item_count,
         (c.request_ts - ui.last_ts)::double as secs_since_item,
@@ -133,7 +126,6 @@ final as (
     from candidates as c
     join items as i using (item_idx)
     left join user_profile as up using (user_idx)
-    left join item_recent as ir using (item_idx)
     left join user_item_ranked as ui using (user_idx, item_idx)
     left join user_artist as ua on ua.user_idx = c.user_idx and ua.artist_idx = i.artist_idx
     left join user_genre as ug on ug.user_idx = c.user_idx and ug.genre_idx = i.genre_idx

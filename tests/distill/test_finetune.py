@@ -307,10 +307,10 @@ class OracleRanker:
         targets = request_targets(ds, requests)
         self.liked = {int(u): set(targets.row(r).tolist()) for r, u in enumerate(requests.users)}
 
-    def score_topk(self, dataset, users, items):
+    def score_topk(self, dataset, users, items, first_user=0, recent_counts=None):
         return np.array(
             [
-                [float(i in self.liked[int(u)]) for i in row]
+                [float(i in self.liked[int(u) + first_user]) for i in row]
                 for u, row in zip(users, items, strict=True)
             ]
         )

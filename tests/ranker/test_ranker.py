@@ -186,7 +186,7 @@ def test_features_exact_on_a_handmade_history(monkeypatch):
     for j, name in enumerate(FEATURES):
         np.testing.assert_allclose(got[:, j], expected[name], rtol=1e-6, err_msg=name)
     assert [q["file"] for q in queries] == ["sql/ranker/01_candidate_features.sql"]
-    assert queries[0]["params"] == {"recent_start": 251, "recent_listens": 2}
+    assert queries[0]["params"] == {"recent_listens": 2}
     assert queries[0]["rows"] == 6
 
 

@@ -296,7 +296,7 @@ def test_two_gloo_ranks_on_their_own_shards_train_as_one_process_on_both(tmp_pat
     shards = open_shards(paths, DDP_SHARDS, min_shards=2)
     union = UnionBatcher(shards, 2, BATCH, DDP_TRAIN.seed)
     monkeypatch.setattr(train_module, "_batcher", lambda *args: union)
-    monkeypatch.setattr(train_module, "_validation_set", lambda dataset, cfg, cfg_eval:
+    monkeypatch.setattr(train_module, "validation_set_of", lambda dataset, cfg, cfg_eval:
                         shard_validation_set(dataset, cfg.eval_users, cfg.seed))  # fmt: skip
     single = ddp_state(paths, world_size=1)
     for name, expected in single.items():
