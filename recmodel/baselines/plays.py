@@ -29,7 +29,7 @@ class PlaySource(Protocol):
     n_users: int
     n_items: int
 
-    def parts(self): ...  # parts that hold users 0..n_users - 1, in order
+    def parts(self): ...  # (part, first user) holding users 0..n_users - 1, in order
 
     def parts_of(self, users: np.ndarray): ...  # (part, rows within it) holding ``users``
 
@@ -103,7 +103,8 @@ def stack_plays(parts: list[Plays]) -> Plays:
 
 def training_plays(source: PlaySource, before: int) -> Plays:
     """The plays of every event in windows ``< before``, read one part at a time."""
-    return stack_plays([plays_of(part.history(before), source.n_items) for part in source.parts()])
+    parts = source.parts()
+    return stack_plays([plays_of(part.history(before), source.n_items) for part, _ in parts])
 
 
 def _decay(age_seconds: np.ndarray) -> np.ndarray:

@@ -158,10 +158,11 @@ class Dataset:
         request time of the queries of ``window``."""
         return int(self.ts[self.window < window].max(initial=-1)) + 1
 
-    def parts(self) -> Iterator[Dataset]:
-        """The events as parts that hold users ``0..n_users - 1`` in order: here one, the
+    def parts(self) -> Iterator[tuple[Dataset, int]]:
+        """``(part, first_user)``: the events as parts that hold users ``0..n_users - 1`` in
+        order, user ``u`` of a part being the run's ``first_user + u``; here one part, the
         dataset itself (:meth:`recmodel.core.user_shards.UserShards.parts` reads shards)."""
-        yield self
+        yield self, 0
 
     def parts_of(self, users: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray]]:
         """``(part, rows)`` for ``users`` (ascending): here the dataset and ``users``

@@ -18,9 +18,11 @@ from recmodel.core.columns import MODEL_NAMES
 from recmodel.core.config import PipelineConfig, memory_bytes
 from recmodel.core.resources import MB, STEPS, Resources
 
-DATA_STEPS = ("materialize_ranker_scores",)  # it loads every event
 TRAINING_STEPS = ("pretrain", "pretrain_no_logq", "finetune")
-SHARDED_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "finetune")  # a shard at a time
+# The steps that read the extracted events: all of them at once, or one user shard at a time
+# when the run has more than train.shard_events (end reads only the test users' histories).
+SHARDED_STEPS = ("pretrain", "pretrain_no_logq", "baselines", "materialize_ranker_scores")
+SHARDED_STEPS += ("finetune",)
 
 # Measured (docs/benchmarks.md, "Extraction" and "Out of core"): DuckDB holds 33 B per raw
 # event; spilling writes about 1.6x that; the final events file takes 7.4 B per event; a
@@ -58,10 +60,15 @@ ADAM_COPIES = 4  # weights, gradients and two moments
 LOGIT_COPIES = 3  # logits, their gradient and the softmax
 ACTIVATION_FLOATS = 24  # per position, block and width: attention, MLP and norms, kept for backward
 RANKER_FEATURES = 20  # len(recmodel.ranker.features.FEATURES); the test checks it
-RANKER_COPIES = 2  # the SQL result and the float32 matrix, for every candidate row
+RANKER_COPIES = 2  # the SQL result and the float32 matrix, for every candidate row of a shard
 # and one copy for the booster's fit (its rows and its binned copy), of at most
 # ranker.max_train_rows rows
 RANKER_FIT_COPIES = 1
+# Every candidate row, kept for the whole run of the step: its item, retriever score and rank
+# (12 B), label, fold and out-of-fold score (10 B), its user while scored (8 B), the scores
+# table (30 B) and the published copy with the original ids (about 40 B).
+CANDIDATE_ROW_BYTES = 100
+RANKER_ROW_BLOCK = 1 << 20  # recmodel.ranker.crossfit.ROW_BLOCK: rows read at once (float64)
 ITEMKNN_CHUNK_BYTES = 2**30  # recmodel.baselines.knn.CHUNK_BYTES: one chunk's product
 ITEMKNN_ENTRY_BYTES = 32  # recmodel.baselines.knn.ENTRY_BYTES
 TOPK_USERS, TOPK_ITEMS = 1_024, 65_536  # one block of the chunked top-k (users x items)
@@ -102,16 +109,11 @@ class Need:
 def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dict[str, Need]:
     """Each step's peak memory and disk at ``sizes`` (``gpus``: GPUs per step, where the
     training arrays live)."""
-    data = DATASET_PEAK_BYTES * sizes.events
     needs = {name: Need(PROCESS_MB) for name in STEPS}
     needs["extract_sessions"] = _extract(cfg, sizes)
     needs["estimate_q"] = Need(PROCESS_MB + _mb(Q_BYTES_PER_TRACK * sizes.tracks))
-    for name in DATA_STEPS:
-        needs[name] = Need(PROCESS_MB + _mb(data))
-    for name in TRAINING_STEPS:
-        needs[name] = Need(TRAINING_PROCESS_MB + _mb(data))
+    held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
     for name in SHARDED_STEPS:
-        held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
         process = TRAINING_PROCESS_MB if name in TRAINING_STEPS else PROCESS_MB
         needs[name] = Need(process + _mb(held))
     for name in ("pretrain", "pretrain_no_logq"):
@@ -134,19 +136,13 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
         held_events(cfg, sizes),
     )
     needs["baselines"] = _plus(needs["baselines"], _baselines(cfg, sizes))
-    needs["materialize_ranker_scores"] = _plus(
-        needs["materialize_ranker_scores"],
-        (RANKER_COPIES * ranker_rows + RANKER_FIT_COPIES * _fit_rows(cfg, ranker_rows))
-        * RANKER_FEATURES
-        * FLOAT,
-    )
+    needs["materialize_ranker_scores"] = _ranker(cfg, sizes, needs["materialize_ranker_scores"])
     # Every row's top-100 for every user: user and item ids, rank and score.
     recommendations = len(MODEL_NAMES) * sizes.users * 100 * 16
     for name in ("join", "report"):
         needs[name] = Need(PROCESS_MB + _mb(2 * recommendations))
     # end: the champion's week, the test users' histories read shard by shard (all of them in
     # memory under train.shard_events), and the item vectors of the serving export.
-    held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
     tested = HISTORY_BYTES * sizes.events * _test_share(cfg, sizes)
     vectors = (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2
     needs["end"] = Need(PROCESS_MB + _mb(held + tested + vectors))
@@ -157,6 +153,21 @@ def _test_share(cfg: PipelineConfig, sizes: Sizes) -> float:
     """The share of the users the test scores (``eval.max_test_users``; all when 0)."""
     cap = cfg.eval.max_test_users
     return min(1.0, cap / max(sizes.users, 1)) if cap > 0 else 1.0
+
+
+def _ranker(cfg: PipelineConfig, sizes: Sizes, base: Need) -> Need:
+    """One shard's candidates with their features at a time, every candidate's ids, scores and
+    labels, the rows a booster is fit on and one block of rows read back; over user shards
+    the features of every row wait on local disk (recmodel.ranker.feature_rows)."""
+    rows = sizes.users * (
+        cfg.ranker.n_candidates + cfg.ranker.n_own_candidates + cfg.ranker.n_popular_candidates
+    )
+    shard_rows = rows * held_events(cfg, sizes) / max(sizes.events, 1)
+    row = RANKER_FEATURES * FLOAT
+    memory = (RANKER_COPIES * shard_rows + RANKER_FIT_COPIES * _fit_rows(cfg, rows)) * row
+    memory += CANDIDATE_ROW_BYTES * rows + min(rows, RANKER_ROW_BLOCK) * RANKER_FEATURES * 8
+    disk = rows * row if held_events(cfg, sizes) < sizes.events else 0
+    return Need(base.memory + _mb(memory), base.disk + _mb(disk))
 
 
 def _fit_rows(cfg: PipelineConfig, rows: int) -> int:

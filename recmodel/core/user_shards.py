@@ -94,10 +94,11 @@ class UserShards:
         """``(first, end)``: shard ``shard`` holds users ``first .. end - 1``."""
         return int(self.bounds[shard]), int(self.bounds[shard + 1])
 
-    def parts(self) -> Iterator[Dataset]:
-        """Every shard in turn (one in memory at a time): users ``0..n_users - 1`` in order."""
+    def parts(self) -> Iterator[tuple[Dataset, int]]:
+        """``(shard, first_user)`` for every shard in turn (one in memory at a time): users
+        ``0..n_users - 1`` in order, user ``u`` of a shard being the run's ``first_user + u``."""
         for shard in range(self.n_shards):
-            yield self.shard(shard)
+            yield self.shard(shard), int(self.bounds[shard])
 
     def parts_of(self, users: np.ndarray) -> Iterator[tuple[Dataset, np.ndarray]]:
         """Each shard holding some of ``users`` (ascending), read in turn, with those users

@@ -54,6 +54,29 @@ class Candidates:
         return self.users[self.row_request]
 
 
+def concat_candidates(parts: list[Candidates]) -> Candidates:
+    """The requests of ``parts`` one after the other, as one :class:`Candidates`."""
+    if not parts:
+        return Candidates(
+            np.zeros(1, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int32),
+        )
+    sizes = np.concatenate([np.diff(p.indptr) for p in parts])
+    indptr = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=indptr[1:])
+    return Candidates(
+        indptr,
+        *(
+            np.concatenate([getattr(p, name) for p in parts])
+            for name in ("users", "request_ts", "items", "retriever_score", "retriever_rank")
+        ),
+    )
+
+
 def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     """int64 keys ``user * (n_items + 1) + item``, unique per (user, item) pair."""
     return np.asarray(users, dtype=np.int64) * (n_items + 1) + np.asarray(items, dtype=np.int64)

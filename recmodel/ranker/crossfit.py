@@ -22,6 +22,9 @@ from recmodel.ranker.splits import user_folds
 # Below this many rows a tree fit is dominated by OpenMP synchronization, which on a busy
 # machine costs 10x the work itself: fit and predict single-threaded.
 SINGLE_THREAD_ROWS = 100_000
+# Feature rows read at once: the matrix may be a map of a file (recmodel.ranker.feature_rows),
+# so it is read in blocks of rows, never whole or column by column.
+ROW_BLOCK = 1 << 20
 
 
 def gbm_threads(n_rows: int) -> AbstractContextManager:
@@ -60,10 +63,13 @@ class CrossFitted:
         folds = self.folds(users)
         out = np.empty(len(users), dtype=np.float64)
         with gbm_threads(len(users)):
-            for k, model in enumerate(self.models):
-                rows = folds == k
-                if rows.any():
-                    out[rows] = model.decision_function(features[rows][:, self.columns])
+            for start in range(0, len(users), ROW_BLOCK):
+                block = slice(start, start + ROW_BLOCK)
+                values, in_fold = np.asarray(features[block])[:, self.columns], folds[block]
+                for k, model in enumerate(self.models):
+                    rows = in_fold == k
+                    if rows.any():
+                        out[block][rows] = model.decision_function(values[rows])
         return out
 
     def score_new(self, features: np.ndarray) -> np.ndarray:
@@ -91,16 +97,29 @@ def usable_columns(
     Returns:
         int ``[F']`` kept column indices, and ``{column: reason}`` of the others.
     """
+    masks = [None, *train_rows]  # None: every row
+    n_columns = features.shape[1]
+    known = np.zeros((len(masks), n_columns), dtype=np.int64)  # non-NaN values
+    low = np.full((len(masks), n_columns), np.inf)
+    high = np.full((len(masks), n_columns), -np.inf)
+    for start in range(0, len(features), ROW_BLOCK):  # one read of the rows, block by block
+        block = np.asarray(features[start : start + ROW_BLOCK], dtype=np.float64)
+        for k, mask in enumerate(masks):
+            values = block if mask is None else block[mask[start : start + ROW_BLOCK]]
+            valid = ~np.isnan(values)
+            known[k] += valid.sum(axis=0)
+            low[k] = np.minimum(low[k], np.where(valid, values, np.inf).min(axis=0, initial=np.inf))
+            high[k] = np.maximum(
+                high[k], np.where(valid, values, -np.inf).max(axis=0, initial=-np.inf)
+            )
     dropped: dict[int, str] = {}
-    for j in range(features.shape[1]):
-        for k, rows in enumerate([np.ones(len(features), dtype=bool), *train_rows]):
-            values = features[rows, j]
-            distinct = np.unique(values[~np.isnan(values)])
+    for j in range(n_columns):
+        for k in range(len(masks)):
             where = "every candidate" if k == 0 else f"the training rows of fold {k - 1}"
-            if len(distinct) == 0:
+            if known[k, j] == 0:
                 dropped[j] = f"missing for {where}"
-            elif len(distinct) == 1:
-                dropped[j] = f"constant ({distinct[0]:g}) for {where}"
+            elif low[k, j] == high[k, j]:  # one distinct value
+                dropped[j] = f"constant ({low[k, j]:g}) for {where}"
             if j in dropped:
                 break
     kept = np.array([j for j in range(features.shape[1]) if j not in dropped], dtype=np.int64)

@@ -120,7 +120,7 @@ def run_recent_counts(source: Any, before: int) -> np.ndarray:
     part (``source``: a :class:`recmodel.core.dataset.Dataset` or the run's user shards)."""
     end = source.end_before(before)
     total = np.zeros(source.n_items + 1, dtype=np.int64)
-    for part in source.parts():
+    for part, _ in source.parts():
         total += recent_item_counts(part.history(before), source.n_items, end)
     return total
 

@@ -28,11 +28,13 @@ from recmodel.core.columns import Columns, Window
 from recmodel.core.config import RankerConfig
 from recmodel.core.dataset import Dataset
 from recmodel.core.sql import SqlRunner, connect
+from recmodel.core.user_shards import UserShards
 from recmodel.evaluation.topk import EMPTY
 from recmodel.ranker.candidates import (
     Candidates,
     candidate_labels,
     candidates_from_topk,
+    concat_candidates,
     finetune_requests,
     order_within_requests,
     own_tracks,
@@ -41,7 +43,8 @@ from recmodel.ranker.candidates import (
     relabel_candidates,
 )
 from recmodel.ranker.crossfit import CrossFitted, cross_fit, gbm_threads, make_classifier
-from recmodel.ranker.features import FEATURES, candidate_features
+from recmodel.ranker.feature_rows import FeatureRows
+from recmodel.ranker.features import FEATURES, candidate_features, run_recent_counts
 from recmodel.ranker.quality import IMPORTANCE_ROWS, feature_importance, ranker_quality
 from recmodel.ranker.splits import check_windows, holdout_mask
 
@@ -147,7 +150,8 @@ class RankerResult:
     Attributes:
         scores: ``user_idx, item_idx, request_ts, score, fold, label`` per candidate.
         quality: held-out AUC, NDCG@10 of ranker vs retriever order, importances, sizes.
-        candidates: every candidate row with its features, label, fold and score.
+        features: float32 ``[N, F]`` every candidate row's features (:data:`FEATURES`); None
+            over user shards, whose rows were read from a file removed once the boosters fit.
         ranker: the fitted ranker (for end-to-end evaluation).
         queries: per executed SQL file ``{"file", "sql", "params", "rows", "seconds"}`` (the
             shape of extraction's records, for the ``sql_queries`` artifact).
@@ -155,34 +159,74 @@ class RankerResult:
 
     scores: pa.Table
     quality: dict[str, Any]
-    candidates: pa.Table
+    features: np.ndarray | None
     ranker: Ranker
     queries: list[dict[str, Any]]
 
+    @property
+    def candidates(self) -> pa.Table:
+        """Every candidate row with its features, label, fold and score (built on request)."""
+        if self.features is None:
+            raise ValueError("the features of user shards are not kept: no candidates table")
+        return _with_features(self.scores, self.features)
+
 
 def build_ranker_scores(
-    dataset: Dataset,
+    dataset: Dataset | UserShards,
     retriever: Any,
     cfg: RankerConfig,
     *,
     device: Any = None,
     runner: SqlRunner | None = None,
+    spill_dir: str | None = None,
 ) -> RankerResult:
     """Candidates, features, cross-fitted ranker and its out-of-fold scores.
 
+    Over user shards the candidates, their features and labels are built one shard at a time
+    (the retriever and the feature SQL see one shard's users; the recent popularity is the
+    run's); the feature rows go to a file in ``spill_dir`` (the system's temporary directory
+    when None), which the boosters read back by rows. The rows and every figure are those of
+    the events in memory.
+
     Args:
-        dataset: the events.
+        dataset: the events, in memory or the run's user shards.
         retriever: the pretrained retriever (``recommend(histories, users, k)``); it is moved to
             ``device`` when it has ``.to``.
         cfg: ranker settings.
         device: where the retriever scores the catalog.
         runner: runs and records the feature SQL (a new connection when None).
+        spill_dir: where the feature rows of user shards are written.
     """
-    cands = retrieve_candidates(dataset, retriever, cfg, device)
     runner = SqlRunner(connect()) if runner is None else runner
-    history = dataset.history(Window.FINETUNE)
-    feats = candidate_features(cands, history, dataset.items, dataset.item_counts, runner)
-    labels = candidate_labels(cands, dataset.events_in(Window.FINETUNE), dataset.n_items)
+    recent = run_recent_counts(dataset, Window.FINETUNE)  # the run's, for every shard
+    on_disk = isinstance(dataset, UserShards)
+    with FeatureRows(len(FEATURES), on_disk=on_disk, directory=spill_dir) as rows:
+        parts, part_labels = [], []
+        for part, first_user in dataset.parts():
+            cands = retrieve_candidates(part, retriever, cfg, device)
+            history = part.history(Window.FINETUNE)
+            rows.append(
+                candidate_features(cands, history, part.items, part.item_counts, runner, recent)
+            )
+            part_labels.append(
+                candidate_labels(cands, part.events_in(Window.FINETUNE), part.n_items)
+            )
+            parts.append(replace(cands, users=cands.users + first_user))  # the run's users
+        cands, labels = concat_candidates(parts), np.concatenate(part_labels)
+        result = _fit_ranker(cands, labels, rows.array(), dataset.item_counts, cfg, runner)
+    # The file of the shards' rows is gone with the with-block: keep no map of it.
+    return replace(result, features=None) if on_disk else result
+
+
+def _fit_ranker(
+    cands: Candidates,
+    labels: np.ndarray,
+    feats: np.ndarray,
+    item_counts: np.ndarray,
+    cfg: RankerConfig,
+    runner: SqlRunner,
+) -> RankerResult:
+    """Cross-fit the boosters on the candidates' rows; their scores, quality and ranker."""
     # Held-out users' labels reach no model: the distillation metrics stay clean of them.
     trainable = ~holdout_mask(cands.row_users)
     model, oof = cross_fit(
@@ -197,7 +241,7 @@ def build_ranker_scores(
         max_rows=cfg.max_train_rows,
     )
     folds = model.folds(cands.row_users)
-    quality = ranker_quality(cands, labels, oof, folds, dataset.item_counts)
+    quality = ranker_quality(cands, labels, oof, folds, item_counts)
     with gbm_threads(min(len(labels), IMPORTANCE_ROWS)):  # it predicts on a sample
         quality["importance"] = feature_importance(model, feats, labels, folds, cfg.seed)
     quality["fit_rows"] = {
@@ -220,7 +264,7 @@ def build_ranker_scores(
     )
     table = scores_table(cands, oof, folds, labels)
     ranker = Ranker(model, cands, cfg.n_candidates)
-    return RankerResult(table, quality, _with_features(table, feats), ranker, runner.records)
+    return RankerResult(table, quality, feats, ranker, runner.records)
 
 
 def _with_features(table: pa.Table, feats: np.ndarray) -> pa.Table:

@@ -58,7 +58,9 @@ def materialize_ranker_scores(
 ) -> tuple[dict, dict, dict | None, list[dict]]:
     """Score the pretrained retriever's candidates with the cross-fitted ranker.
 
-    With ``--ranker-scores`` a production ranker's table replaces the built-in ranker.
+    With ``--ranker-scores`` a production ranker's table replaces the built-in ranker. A run
+    of more than ``train.shard_events`` events stays on disk: the candidates and their features
+    are built one user shard at a time (:func:`recmodel.ranker.model.build_ranker_scores`).
 
     Returns:
         ``(ranker_scores, ranker_quality, ranker, sql_queries)``; ``ranker`` is the reference
@@ -66,7 +68,7 @@ def materialize_ranker_scores(
         for the end-to-end distillation metrics, and ``sql_queries`` the records of the SQL
         this step ran.
     """
-    data = load_step_data(config, refs)
+    data = load_step_data(config, refs, sharded=True)  # user shards when over shard_events
     runner = SqlRunner(connect_for(data.cfg))
     users = read_table(refs["users"], columns=[Columns.USER_IDX, Columns.USER])
     items = read_table(refs["items"], columns=[Columns.ITEM_IDX, Columns.ITEM])

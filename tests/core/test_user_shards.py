@@ -60,7 +60,9 @@ def test_each_shard_holds_exactly_its_users_events(written, n_shards):
         np.testing.assert_array_equal(shards.lengths_before(window), whole.history(window).lengths)
         assert shards.end_before(window) == whole.end_before(window)
     assert shards.end_before(Window.TEST + 1) == whole.end_before(Window.TEST + 1)
-    assert [part.n_users for part in shards.parts()] == np.diff(shards.bounds).tolist()
+    parts = list(shards.parts())
+    assert [part.n_users for part, _ in parts] == np.diff(shards.bounds).tolist()
+    assert [first for _, first in parts] == shards.bounds[:-1].tolist()
     np.testing.assert_array_equal(shards.train_lengths, whole.train().lengths)
     for name in ("artist", "album", "genre", "tempo_bucket", "acoustic", "has_acoustic"):
         np.testing.assert_array_equal(getattr(shards.items, name), getattr(whole.items, name))

@@ -123,3 +123,23 @@ def test_the_served_ranking_by_shard_equals_the_ranking_in_memory(toy, n_shards)
     ]
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), items)
     np.testing.assert_allclose(np.concatenate([p[1] for p in parts]), scores, rtol=1e-9)
+
+
+@pytest.mark.parametrize("n_shards", [2, 5])
+def test_the_rankers_scores_over_shards_equal_those_in_memory(toy, n_shards, tmp_path):
+    ds, paths, start, _, _ = toy
+    cfg = RankerConfig(n_candidates=8, n_popular_candidates=4, max_iter=10)
+    expected = build_ranker_scores(ds, start, cfg)
+    got = build_ranker_scores(shards_of(ds, paths, n_shards), start, cfg, spill_dir=str(tmp_path))
+    assert got.scores.num_rows == expected.scores.num_rows > 0
+    for column in expected.scores.column_names:
+        assert got.scores[column].equals(expected.scores[column]), column
+    assert got.quality == expected.quality and got.quality["auc"] > 0.5
+    np.testing.assert_array_equal(got.ranker.base.users, expected.ranker.base.users)
+    assert got.features is None and expected.features.shape[0] == expected.scores.num_rows
+    assert list(tmp_path.iterdir()) == []  # the shards' feature file is gone
+    # The served ranking of either ranker is the same.
+    users = ds.users_with_events(Window.TEST)
+    a = expected.ranker.rank(ds, start, users, cfg, Window.TEST, 10)
+    b = got.ranker.rank(ds, start, users, cfg, Window.TEST, 10)
+    np.testing.assert_array_equal(a[0], b[0])
