@@ -6,7 +6,7 @@
     python benchmarks/bench_scale.py --yambda 100 --work /tmp/scale --stages extract \
         --overrides '{"extract": {"shards": 10}}'   # again, on the log already generated
 
-Four stages run one after the other (a fifth on request), each in its own child process
+Four stages run one after the other (three more on request), each in its own child process
 (``python benchmarks/bench_scale.py --stage NAME --work DIR``), and pass their results on
 through JSON files in the work directory:
 
@@ -15,8 +15,9 @@ through JSON files in the work directory:
 - ``q``: the Q table (``recmodel.steps.data.estimate_q``);
 - ``pretrain``: ONE epoch of retriever pretraining (``recmodel.steps.models.pretrain``, with
   ``train.epochs = 1``), including its test recommendations, as the flow's ``pretrain`` step;
-- ``baselines`` (only with ``--stages``): the flow's ``baselines`` step
-  (``recmodel.steps.models.baselines``: every baseline tuned, refit and scored).
+- ``baselines``, ``ranker`` and ``finetune`` (only with ``--stages``): the flow's
+  ``baselines``, ``materialize_ranker_scores`` and ``finetune`` steps, the last two on the
+  ``pretrain`` stage's checkpoint (``finetune.epochs`` as configured: ``--overrides``).
 
 Tables are published into the work directory (``RunTables(root=...)``), without Metaflow.
 Every 0.2 s the parent reads the resident memory (``VmRSS`` in ``/proc``) of the child and all
@@ -51,7 +52,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_memory import POLL_SECONDS, processes, yambda_overrides  # noqa: E402
 
-STAGES = ("generate", "extract", "q", "pretrain", "baselines")
+STAGES = ("generate", "extract", "q", "pretrain", "baselines", "ranker", "finetune")
 DEFAULT_STAGES = STAGES[:4]
 
 
@@ -147,6 +148,29 @@ def stage_baselines(work: Path, config: dict) -> dict:
     return {"results": results}
 
 
+def stage_ranker(work: Path, config: dict) -> dict:
+    from recmodel.steps.common import RunTables
+    from recmodel.steps.distill import materialize_ranker_scores
+
+    refs, checkpoint = read(work, "extract")["refs"], read(work, "pretrain")["checkpoint"]
+    tables = RunTables(root=str(work / "tables"))
+    ref, quality, ranker, _ = materialize_ranker_scores(config, {}, refs, checkpoint, tables)
+    return {"ref": ref, "quality": quality, "ranker": ranker}
+
+
+def stage_finetune(work: Path, config: dict) -> dict:
+    from recmodel.steps.common import RunTables
+    from recmodel.steps.distill import finetune
+
+    refs, q_ref = read(work, "extract")["refs"], read(work, "q")["ref"]
+    checkpoint, ranker = read(work, "pretrain")["checkpoint"], read(work, "ranker")
+    tables = RunTables(root=str(work / "tables"))
+    _, results, distillation = finetune(
+        config, refs, q_ref, checkpoint, ranker["ref"], ranker["ranker"], tables
+    )
+    return {"results": results, "distillation": distillation}
+
+
 def run_stage(name: str, work: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     config = read(work, "config")
@@ -212,6 +236,16 @@ def benchmark(
             ndcg = entry.get("metrics", {}).get("ndcg@10", float("nan"))
             fit = entry.get("fit_seconds", float("nan"))
             print(f"| {name} | {entry['status']} | {ndcg:.4f} | {fit:,.1f} |")
+    if "ranker" in stages:
+        quality = read(work, "ranker")["quality"]
+        print(
+            f"\nranker: held-out AUC {quality['auc']:.4f}, NDCG@10 "
+            f"{quality['ndcg@10']['ranker']:.4f} (retriever {quality['ndcg@10']['retriever']:.4f})"
+        )
+    if "finetune" in stages:
+        for name, entry in read(work, "finetune")["results"].items():
+            ndcg = entry.get("metrics", {}).get("ndcg@10", float("nan"))
+            print(f"finetune: {name} test ndcg@10 {ndcg:.4f}")
     if "pretrain" not in stages:
         return
     entry = next(iter(read(work, "pretrain")["results"].values()))
