@@ -51,6 +51,12 @@ DATASET_PEAK_BYTES = 61
 # recmodel/core/user_shards.py: each user's events per window (4 x int64) and the shard's
 # arrays while it is read; the bounds and item counts are smaller.
 USER_COUNT_BYTES = 32
+# Measured (docs/scale.md, "Every model step over user shards"): beyond the events' arrays the
+# ranker's step holds the histories registered for its feature SQL and the SQL's per-event
+# intermediates, and finetune the histories its requests, validation and test read; at 35.7M
+# final events in memory they peaked at 5,773 and 6,767 MB, 125 and 140 B per event above the
+# rest of their terms.
+STEP_EVENT_BYTES = {"materialize_ranker_scores": 130, "finetune": 145}
 HISTORY_BYTES = 12  # an event of a UserItems history: int32 item, int64 time
 SCORE_ROW_BYTES = 28  # a ranker_scores row: int64 user and request time, int32 item, float64
 REQUEST_SLOT_BYTES = 13  # a padded candidate of a request: int64 item, float32 score, bool
@@ -112,8 +118,9 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
     needs = {name: Need(PROCESS_MB) for name in STEPS}
     needs["extract_sessions"] = _extract(cfg, sizes)
     needs["estimate_q"] = Need(PROCESS_MB + _mb(Q_BYTES_PER_TRACK * sizes.tracks))
-    held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
     for name in SHARDED_STEPS:
+        per_event = STEP_EVENT_BYTES.get(name, DATASET_PEAK_BYTES)
+        held = per_event * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
         process = TRAINING_PROCESS_MB if name in TRAINING_STEPS else PROCESS_MB
         needs[name] = Need(process + _mb(held))
     for name in ("pretrain", "pretrain_no_logq"):
@@ -143,6 +150,7 @@ def requirements(cfg: PipelineConfig, sizes: Sizes, gpus: dict[str, int]) -> dic
         needs[name] = Need(PROCESS_MB + _mb(2 * recommendations))
     # end: the champion's week, the test users' histories read shard by shard (all of them in
     # memory under train.shard_events), and the item vectors of the serving export.
+    held = DATASET_PEAK_BYTES * held_events(cfg, sizes) + USER_COUNT_BYTES * sizes.users
     tested = HISTORY_BYTES * sizes.events * _test_share(cfg, sizes)
     vectors = (sizes.tracks + 1) * cfg.model.d_model * FLOAT * 2
     needs["end"] = Need(PROCESS_MB + _mb(held + tested + vectors))

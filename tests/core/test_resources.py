@@ -179,6 +179,23 @@ def test_a_step_with_a_gpu_keeps_the_dataset_on_the_host_and_the_logits_on_the_g
     assert on_gpu.gpu_memory > logits
 
 
+def test_the_model_steps_are_bounded_by_their_user_shard_as_measured():
+    """benchmarks/bench_scale.py --stages baselines / ranker,finetune (docs/scale.md): each
+    step's peak (MB) in memory (train.shard_events 0) and over user shards of 0.4M and 4M."""
+    small, large = (4_855_225, 970, 9_343), (47_594_454, 9_656, 93_290)
+    measured = {
+        (small, 0): {"baselines": 1_317, "materialize_ranker_scores": 1_145, "finetune": 1_276},
+        (small, 400_000): {"baselines": 1_195, "materialize_ranker_scores": 705, "finetune": 1_189},
+        (large, 0): {"baselines": 4_445, "materialize_ranker_scores": 5_773, "finetune": 6_767},
+        (large, 4_000_000): {"baselines": 2_850, "materialize_ranker_scores": 1_879, "finetune": 1_827},
+    }  # fmt: skip
+    for (sizes, shard_events), peaks in measured.items():
+        cfg = with_overrides(load_preset("default"), {"train": {"shard_events": shard_events}})
+        needs = requirements(cfg, Sizes(*sizes), {})
+        for step, peak in peaks.items():
+            assert peak <= needs[step].memory <= 2 * peak + PROCESS_MB, (sizes, shard_events, step)
+
+
 def test_memory_grows_with_the_events_and_the_catalog():
     cfg = load_preset("default")
     small = requirements(cfg, Sizes(1_000_000, 3_000, 10_000), {})
