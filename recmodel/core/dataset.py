@@ -57,6 +57,16 @@ class UserItems:
         pos = np.arange(indptr[-1], dtype=np.int64) + offsets
         return UserItems(indptr, self.items[pos], self.ts[pos])
 
+    def tails(self, n: int) -> UserItems:
+        """Each row's last ``n`` events (a shorter row whole), in time order."""
+        ends = self.indptr[1:]
+        starts = np.maximum(self.indptr[:-1], ends - n)
+        lengths = ends - starts
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        pos = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1], lengths)
+        return UserItems(indptr, self.items[pos], self.ts[pos])
+
     def to_csr(self, n_items: int, binary: bool = False):
         """A scipy CSR ``[U, n_items + 1]`` of play counts (or 1/0 when ``binary``)."""
         import scipy.sparse as sp

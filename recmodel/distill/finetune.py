@@ -135,7 +135,8 @@ class _Finetune:
         device: torch.device,
     ):
         cfg, train_cfg, self.cfg_eval = configs
-        self.valset = validation_set_of(dataset, train_cfg, self.cfg_eval)
+        read = retriever.cfg.max_len + retriever.cfg.profile_history  # the plays a query reads
+        self.valset = validation_set_of(dataset, train_cfg, self.cfg_eval, read)
         self.cfg, self.train_cfg, self.device = cfg, train_cfg, device
         self.start = time.perf_counter()
         torch.manual_seed(train_cfg.seed)  # dropout

@@ -192,7 +192,8 @@ class _Run:
             grad_clip=cfg_train.grad_clip,
             fused=ctx.device.type == "cuda",
         )
-        self.valset = validation_set_of(dataset, cfg_train, cfg_eval) if ctx.is_main else None
+        read = cfg_model.max_len + cfg_model.profile_history  # the plays a query reads
+        self.valset = validation_set_of(dataset, cfg_train, cfg_eval, read) if ctx.is_main else None
         self.progress = progress if ctx.is_main else None
         self.monitor = TrainingMonitor(ctx, total_steps, len(self.batcher), self.progress)
         logger.info(

@@ -69,15 +69,24 @@ def validation_users(val_lengths: np.ndarray, max_users: int, seed: int) -> np.n
 
 
 def shard_validation_set(
-    shards: UserShards, max_users: int, seed: int, filter_seen: bool = False
+    shards: UserShards,
+    max_users: int,
+    seed: int,
+    filter_seen: bool = False,
+    keep_last: int = 0,
 ) -> ValidationSet:
     """:func:`validation_set` read from user shards, holding only the sampled users' rows.
 
     The same users as :func:`validation_set` on the whole dataset; their queries are renumbered
     ``0 .. U - 1`` (``users`` is ``arange(U)``), which leaves every recommendation unchanged.
+    With ``keep_last`` > 0 (and no seen-item filter, which needs every played track) only each
+    query's last ``keep_last`` plays are kept: a retriever reads its window and, before it, its
+    profile's plays (``max_len + profile_history``), so its scores are the same.
     """
     users = validation_users(shards.lengths_in(Window.VAL), max_users, seed)
     histories, targets = take_rows(shards, users, before=Window.VAL, within=Window.VAL)
+    if keep_last > 0 and not filter_seen:
+        histories = histories.tails(keep_last)
     logger.info("validation on %d users (read from %d shards)", len(users), shards.n_shards)
     rows = np.arange(len(users), dtype=np.int64)
     exclude = histories if filter_seen else None
@@ -85,12 +94,14 @@ def shard_validation_set(
 
 
 def validation_set_of(
-    source: Dataset | UserShards, cfg: TrainConfig, cfg_eval: EvalConfig
+    source: Dataset | UserShards, cfg: TrainConfig, cfg_eval: EvalConfig, keep_last: int = 0
 ) -> ValidationSet:
     """The validation set of training (``train.eval_users``), from the events in memory or
-    read from user shards."""
+    read from user shards (each query's last ``keep_last`` plays: :func:`shard_validation_set`)."""
     if isinstance(source, UserShards):
-        return shard_validation_set(source, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
+        return shard_validation_set(
+            source, cfg.eval_users, cfg.seed, cfg_eval.filter_seen, keep_last
+        )
     return validation_set(source, cfg.eval_users, cfg.seed, cfg_eval.filter_seen)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from recmodel.core.columns import Window
 from recmodel.core.config import EvalConfig, QConfig, TrainConfig
 from recmodel.core.dataset_io import load_dataset
 from recmodel.core.user_shards import UserShards, open_user_shards
@@ -199,6 +200,41 @@ def test_the_validation_set_read_by_shard_scores_as_in_memory(tables, filter_see
     assert got == expected and got["n_users"] == len(memory.users)
 
 
+@pytest.mark.parametrize("filter_seen", [False, True])
+def test_validation_queries_cut_to_the_plays_a_retriever_reads_score_the_same(tables, filter_seen):
+    whole = load_dataset(tables["events"], tables["items"], tables["users"])
+    cfg = dataclasses.replace(small_model(MAX_LEN, profile_size=3), profile_history=5)
+    torch.manual_seed(1)
+    model = Retriever(whole.items, cfg).eval()
+    with torch.no_grad():  # every bonus on: the window's repeats and the long-term profile
+        for param in model.parameters():
+            param.normal_(0.0, 0.5)
+    shards, read = open_shards(tables, 3), cfg.max_len + cfg.profile_history
+    full = shard_validation_set(shards, 0, seed=2, filter_seen=filter_seen)
+    cut = shard_validation_set(shards, 0, seed=2, filter_seen=filter_seen, keep_last=read)
+    if filter_seen:  # the filter needs every played track: nothing is cut
+        np.testing.assert_array_equal(cut.histories.items, full.histories.items)
+    else:
+        assert cut.histories.lengths.max() == read < full.histories.lengths.max()
+    got = evaluate_retriever(model, cut, (5, 10), chunk_items=7)
+    assert got == evaluate_retriever(model, full, (5, 10), chunk_items=7)
+    assert got["n_users"] > 0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tails_keep_each_rows_last_plays_as_a_plain_loop(seed):
+    whole = random_dataset(seed)
+    history = whole.history(Window.TEST)
+    for n in (0, 1, 7, 1_000):
+        tails = history.tails(n)
+        assert tails.n_users == history.n_users
+        for u in range(history.n_users):
+            row, ts = history.row(u), history.row_ts(u)
+            keep = len(row) - min(n, len(row))
+            assert tails.row(u).tolist() == row[keep:].tolist()
+            assert tails.row_ts(u).tolist() == ts[keep:].tolist()
+
+
 @pytest.mark.usefixtures(one_thread.__name__)
 def test_pretraining_on_one_shard_trains_the_same_weights_as_in_memory(tables):
     whole = load_dataset(tables["events"], tables["items"], tables["users"])
@@ -296,7 +332,7 @@ def test_two_gloo_ranks_on_their_own_shards_train_as_one_process_on_both(tmp_pat
     shards = open_shards(paths, DDP_SHARDS, min_shards=2)
     union = UnionBatcher(shards, 2, BATCH, DDP_TRAIN.seed)
     monkeypatch.setattr(train_module, "_batcher", lambda *args: union)
-    monkeypatch.setattr(train_module, "validation_set_of", lambda dataset, cfg, cfg_eval:
+    monkeypatch.setattr(train_module, "validation_set_of", lambda dataset, cfg, cfg_eval, read:
                         shard_validation_set(dataset, cfg.eval_users, cfg.seed))  # fmt: skip
     single = ddp_state(paths, world_size=1)
     for name, expected in single.items():
