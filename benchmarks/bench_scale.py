@@ -38,6 +38,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,10 +131,13 @@ def stage_q(work: Path, config: dict) -> dict:
 
 
 def stage_pretrain(work: Path, config: dict) -> dict:
+    from recmodel.retriever.train_state import STATE_DIR
     from recmodel.steps.common import RunTables
     from recmodel.steps.models import SASREC, pretrain
 
     refs, q_ref = read(work, "extract")["refs"], read(work, "q")["ref"]
+    # A training state left by an earlier run would be resumed, not measured.
+    shutil.rmtree(work / "tables" / STATE_DIR, ignore_errors=True)
     tables = RunTables(root=str(work / "tables"))
     checkpoint, results = pretrain(config, refs, q_ref, tables, None, None, model=SASREC)
     return {"checkpoint": checkpoint, "results": results}
