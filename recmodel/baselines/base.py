@@ -19,7 +19,7 @@ import threadpoolctl
 
 from recmodel.baselines.plays import Plays, training_plays
 from recmodel.core.columns import Window
-from recmodel.core.dataset import Dataset, UserItems
+from recmodel.core.dataset import QUERY_CHUNK_EVENTS, Dataset, UserItems, row_runs
 from recmodel.evaluation.topk import EMPTY  # the same empty-slot marker as the chunked top-k
 
 log = logging.getLogger(__name__)
@@ -267,9 +267,20 @@ class Recommender(ABC):
             best first.
         """
         users = self._check_request(histories, users, k)
-        query = histories.take(users)
         if now is None:
             now = int(histories.ts.max(initial=-1)) + 1
+        # Runs of rows, so that a model's working arrays follow a run, not the request.
+        parts = [
+            self._recommend_rows(histories.take(users[lo:hi]), k, filter_seen, now)
+            for lo, hi in row_runs(histories.lengths[users], QUERY_CHUNK_EVENTS)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _recommend_rows(
+        self, query: UserItems, k: int, filter_seen: bool, now: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         items, scores = self._candidates(query, k, filter_seen, now)
         seen = query if filter_seen else None
         return fill_popular(items, scores, self.popular, seen, self._fill_scores())

@@ -12,7 +12,7 @@ from recmodel.baselines.base import (
     top_k_per_row,
 )
 from recmodel.baselines.plays import Plays, play_matrix
-from recmodel.core.dataset import UserItems
+from recmodel.core.dataset import UserItems, row_runs
 
 WEIGHTINGS = ("cosine", "bm25", "tfidf")
 # A chunk of users is scored by one sparse product; its entries (an index pair and a score,
@@ -36,16 +36,7 @@ def user_chunks(
     ``budget_bytes`` of entries: a user with ``h`` distinct tracks gets at most
     ``min(N + 1, h * neighbours)`` scores. A user whose bound alone exceeds it is a chunk."""
     bound = np.minimum(plays.shape[1], np.diff(plays.indptr).astype(np.int64) * neighbours)
-    ends = np.cumsum(bound)
-    budget = max(budget_bytes // ENTRY_BYTES, 1)
-    chunks, lo = [], 0
-    while lo < plays.shape[0]:
-        before = ends[lo - 1] if lo else 0
-        hi = int(np.searchsorted(ends, before + budget, side="right"))
-        hi = max(hi, lo + 1)
-        chunks.append((lo, hi))
-        lo = hi
-    return chunks or [(0, 0)]
+    return row_runs(bound, budget_bytes // ENTRY_BYTES)
 
 
 class ItemKNN(Recommender):

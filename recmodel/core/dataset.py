@@ -15,6 +15,24 @@ import numpy as np
 
 from recmodel.core.columns import Window
 
+# The history events that one call of a request's scoring holds at once: each row is scored
+# from its own events, so the working arrays (tens of bytes an event) are those of a run of rows.
+QUERY_CHUNK_EVENTS = 1 << 20
+
+
+def row_runs(sizes: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges ``[lo, hi)`` whose ``sizes`` sum to at most ``budget``, greedily;
+    a row larger than the budget is a run alone. At least one run (``[(0, 0)]`` for no rows)."""
+    ends = np.cumsum(np.asarray(sizes, dtype=np.int64))
+    budget = max(int(budget), 1)
+    runs, lo = [], 0
+    while lo < len(ends):
+        before = ends[lo - 1] if lo else 0
+        hi = max(int(np.searchsorted(ends, before + budget, side="right")), lo + 1)
+        runs.append((lo, hi))
+        lo = hi
+    return runs or [(0, 0)]
+
 
 @dataclass(frozen=True)
 class UserItems:

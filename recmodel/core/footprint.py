@@ -77,6 +77,11 @@ CANDIDATE_ROW_BYTES = 100
 RANKER_ROW_BLOCK = 1 << 20  # recmodel.ranker.crossfit.ROW_BLOCK: rows read at once (float64)
 ITEMKNN_CHUNK_BYTES = 2**30  # recmodel.baselines.knn.CHUNK_BYTES: one chunk's product
 ITEMKNN_ENTRY_BYTES = 32  # recmodel.baselines.knn.ENTRY_BYTES
+# A baseline answers its requests in runs of QUERY_CHUNK_EVENTS history events
+# (recmodel.core.dataset): the pairs, keys, weights, sort order and inverse of a run's events,
+# eight-byte arrays (user_recent's, the largest, measured about 60 B an event).
+QUERY_CHUNK_EVENTS = 1 << 20
+QUERY_EVENT_BYTES = 96
 TOPK_USERS, TOPK_ITEMS = 1_024, 65_536  # one block of the chunked top-k (users x items)
 
 
@@ -234,7 +239,8 @@ def _training(
 
 def _baselines(cfg: PipelineConfig, sizes: Sizes) -> float:
     """The largest of ALS (factors, the play matrix, one top-k block) and item-kNN (the
-    similarity, the play matrix and one chunk's sparse product, which its budget bounds).
+    similarity, the play matrix and one chunk's sparse product, which its budget bounds), with
+    the validation requests and one run of requests being answered.
 
     The play matrix (:class:`recmodel.baselines.plays.Plays`) is counted twice: its shards'
     parts and the stacked copy, or the matrix and ALS's confidence copy."""
@@ -248,7 +254,11 @@ def _baselines(cfg: PipelineConfig, sizes: Sizes) -> float:
     # A chunk holds users up to the budget; a user above it is a chunk alone.
     knn = max(min(ITEMKNN_CHUNK_BYTES, sizes.users * one_user), one_user)
     knn += sizes.tracks * max(b.itemknn_neighbours) * 12 + pairs * 12 * 2
-    return max(als, knn)
+    # The validation requests: the sampled users' whole histories, twice while the shards'
+    # rows are joined; and one run of requests being answered.
+    sampled = min(b.tune_users, sizes.users) if b.tune_users > 0 else sizes.users
+    validation = 2 * HISTORY_BYTES * sizes.events * sampled / max(sizes.users, 1)
+    return max(als, knn) + validation + QUERY_CHUNK_EVENTS * QUERY_EVENT_BYTES
 
 
 def _plus(need: Need, extra_bytes: float) -> Need:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmodel.core.columns import Window
-from recmodel.core.dataset import Dataset, UserItems
+from recmodel.core.dataset import QUERY_CHUNK_EVENTS, Dataset, UserItems, row_runs
 
 
 @dataclass(frozen=True)
@@ -83,20 +83,34 @@ def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
 
 
 def own_tracks(
-    history: UserItems, users: np.ndarray, request_ts: np.ndarray, n: int, tau_days: float
+    history: UserItems,
+    users: np.ndarray,
+    request_ts: np.ndarray,
+    n: int,
+    tau_days: float,
+    max_events: int = QUERY_CHUNK_EVENTS,
 ) -> np.ndarray:
     """int64 ``[R, n]``: each request's own tracks by time-decayed plays (0 = none left).
 
     A track of the user's whole history (not only its last ``max_len`` plays) scores
     ``sum over its plays of exp(-age / tau)``, ``age`` counted back from the request; ties go
-    to the most recent play. This is the re-listening candidate source of the ranker.
+    to the most recent play. This is the re-listening candidate source of the ranker. Requests
+    are scored in runs of at most ``max_events`` history events (a longer history alone).
     """
     out = np.zeros((len(users), n), dtype=np.int64)
     if n == 0 or len(users) == 0:
         return out
-    rows_of = history.take(np.asarray(users, dtype=np.int64))
-    row = np.repeat(np.arange(len(users)), rows_of.lengths)  # [E]
-    age = np.asarray(request_ts, dtype=np.int64)[row] - rows_of.ts
+    users, request_ts = np.asarray(users, np.int64), np.asarray(request_ts, np.int64)
+    for lo, hi in row_runs(history.lengths[users], max_events):
+        out[lo:hi] = _own_tracks(history.take(users[lo:hi]), request_ts[lo:hi], n, tau_days)
+    return out
+
+
+def _own_tracks(rows_of: UserItems, request_ts: np.ndarray, n: int, tau_days: float) -> np.ndarray:
+    """:func:`own_tracks` of the requests whose histories are the rows of ``rows_of``."""
+    out = np.zeros((rows_of.n_users, n), dtype=np.int64)
+    row = np.repeat(np.arange(rows_of.n_users), rows_of.lengths)  # [E]
+    age = request_ts[row] - rows_of.ts
     weight = np.exp(-age / (tau_days * 86_400.0))
     keys = pair_keys(row, rows_of.items, int(rows_of.items.max(initial=0)))
     uniq, inverse = np.unique(keys, return_inverse=True)
@@ -107,7 +121,7 @@ def own_tracks(
     pair_row, item = uniq // base, uniq % base
     order = np.lexsort((-last, -score, pair_row))  # per row: score, then the latest play
     pair_row, item = pair_row[order], item[order]
-    starts = np.searchsorted(pair_row, np.arange(len(users)))
+    starts = np.searchsorted(pair_row, np.arange(rows_of.n_users))
     col = np.arange(len(pair_row)) - starts[pair_row]
     keep = col < n
     out[pair_row[keep], col[keep]] = item[keep]

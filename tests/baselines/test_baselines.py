@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 import recmodel.baselines.als as als_module
+import recmodel.baselines.base as base_module
 from recmodel.baselines.als import ALS, for_gpu
 from recmodel.baselines.base import (
     EMPTY,
@@ -31,7 +32,7 @@ from recmodel.baselines.simple import Popularity, UserPopular
 from recmodel.baselines.tuning import grid_points, validation_requests
 from recmodel.core.columns import Window
 from recmodel.core.config import BaselinesConfig, ConfigError
-from recmodel.core.dataset import Dataset, ItemFeatures, UserItems
+from recmodel.core.dataset import Dataset, ItemFeatures, UserItems, row_runs
 
 PRE, FT, VAL, TEST = Window.PRETRAIN, Window.FINETUNE, Window.VAL, Window.TEST
 
@@ -487,6 +488,23 @@ def test_recommend_leaves_the_histories_untouched(name):
     model.fit(data).recommend(histories, np.arange(data.n_users), 5, filter_seen=True)
     for array, copy in zip((histories.indptr, histories.items, histories.ts), before, strict=True):
         np.testing.assert_array_equal(array, copy)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+@pytest.mark.parametrize("filter_seen", [False, True])
+def test_recommend_in_small_query_chunks_equals_one_call(name, filter_seen, monkeypatch):
+    data = random_dataset(seed=13, n_users=60, n_events=1_500)
+    cfg = BaselinesConfig(itemknn_neighbours=(5,), als_factors=(4,), als_iterations=5)
+    (model,) = build_baselines(cfg, [name], BuildOptions(num_threads=1))
+    model.fit(data)
+    histories = data.history(TEST)
+    users = np.random.default_rng(0).permutation(data.n_users)
+    whole = model.recommend(histories, users, 8, filter_seen=filter_seen)
+    monkeypatch.setattr(base_module, "QUERY_CHUNK_EVENTS", 37)
+    assert len(row_runs(histories.lengths[users], 37)) > 10
+    chunked = model.recommend(histories, users, 8, filter_seen=filter_seen)
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-6)
 
 
 def test_play_matrix_counts_plays_without_reordering_its_input():

@@ -608,12 +608,14 @@ def test_unknown_ranker_scores_file_type(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_own_tracks_match_a_per_request_loop(seed):
-
+@pytest.mark.parametrize("max_events", [1 << 20, 7, 1])  # one run; runs of rows; a row each
+def test_own_tracks_match_a_per_request_loop(seed, max_events):
     ds = toy_dataset(n_users=15, n_items=20, seed=seed)
     history = ds.history(Window.FINETUNE)
     users, request_ts = finetune_requests(ds)
-    got = own_tracks(history, users, request_ts, 4, tau_days=2.0)
+    order = np.random.default_rng(seed).permutation(len(users))  # rows follow the requests
+    users, request_ts = users[order], request_ts[order]
+    got = own_tracks(history, users, request_ts, 4, tau_days=2.0, max_events=max_events)
     for r, (u, req) in enumerate(zip(users, request_ts, strict=True)):
         score, last = {}, {}
         for pos, (i, t) in enumerate(zip(history.row(u), history.row_ts(u), strict=True)):
