@@ -93,6 +93,7 @@ class ALS(Recommender):
         self.device = device
         self.chunk_items = chunk_items
         self._model = None  # implicit CPU model
+        self._item_vectors = None  # its item factors on ``device``, copied once per fit
 
     @property
     def model_size(self) -> int:
@@ -102,6 +103,7 @@ class ALS(Recommender):
 
     def _fit(self, plays: Plays) -> None:
         self._model = self._fit_point(plays.matrix, self.factors, self.regularization, self.alpha)
+        self._item_vectors = None
 
     def _fit_point(self, plays: sp.csr_matrix, factors: int, reg: float, alpha: float):
         """One implicit ALS fit; returns a CPU model (GPU factors are copied back)."""
@@ -134,9 +136,11 @@ class ALS(Recommender):
         conf = confidence(play_matrix(query, self.n_items), self.alpha)  # [U, N + 1]
         with implicit_scope():
             user_vecs = self._model.recalculate_user(np.arange(query.n_users), conf)  # [U, F]
+        if self._item_vectors is None:  # requests come in runs: copy the catalogue once
+            self._item_vectors = torch.from_numpy(self._model.item_factors).to(self.device)
         items, scores = topk_chunked(
             torch.from_numpy(np.ascontiguousarray(user_vecs)).to(self.device),
-            torch.from_numpy(self._model.item_factors).to(self.device),  # [N + 1, F]
+            self._item_vectors,  # [N + 1, F]
             k,
             chunk_items=self.chunk_items,
             exclude=query if filter_seen else None,

@@ -416,6 +416,18 @@ def test_als_is_deterministic_and_blind_to_later_windows():
     np.testing.assert_array_equal(first._model.item_factors[5], 0.0)  # played after training
 
 
+def test_als_refit_scores_with_its_new_factors():
+    """The item factors copied to the scan's device once per fit are the last fit's."""
+    first, second = random_dataset(seed=21), random_dataset(seed=22)
+    users = np.arange(first.n_users)
+    model = small_als().fit(first)
+    model.recommend(first.history(TEST), users, 5)
+    refit = model.fit(second).recommend(second.history(TEST), users, 5)
+    fresh = small_als().fit(second).recommend(second.history(TEST), users, 5)
+    np.testing.assert_array_equal(refit[0], fresh[0])
+    np.testing.assert_allclose(refit[1], fresh[1], rtol=1e-6)
+
+
 def test_for_gpu_narrows_int64_indices_and_keeps_the_matrix():
     rng = np.random.default_rng(3)
     dense = (rng.random((7, 9)) < 0.3) * rng.random((7, 9)).astype(np.float32)
