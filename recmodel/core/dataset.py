@@ -66,22 +66,20 @@ class UserItems:
     def take(self, users: np.ndarray) -> UserItems:
         """Rows of ``users`` (in that order) as a new UserItems."""
         users = np.asarray(users, dtype=np.int64)
-        starts, ends = self.indptr[users], self.indptr[users + 1]
-        lengths = ends - starts
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        # Positions of every kept event, built without a Python loop over users.
-        offsets = np.repeat(starts - indptr[:-1], lengths)
-        pos = np.arange(indptr[-1], dtype=np.int64) + offsets
-        return UserItems(indptr, self.items[pos], self.ts[pos])
+        starts = self.indptr[users]
+        return self._slices(starts, self.indptr[users + 1] - starts)
 
     def tails(self, n: int) -> UserItems:
         """Each row's last ``n`` events (a shorter row whole), in time order."""
         ends = self.indptr[1:]
         starts = np.maximum(self.indptr[:-1], ends - n)
-        lengths = ends - starts
+        return self._slices(starts, ends - starts)
+
+    def _slices(self, starts: np.ndarray, lengths: np.ndarray) -> UserItems:
+        """The events ``starts[r] .. starts[r] + lengths[r] - 1`` as row ``r`` of a new one."""
         indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
+        # Positions of every kept event, built without a Python loop over rows.
         pos = np.arange(indptr[-1], dtype=np.int64) + np.repeat(starts - indptr[:-1], lengths)
         return UserItems(indptr, self.items[pos], self.ts[pos])
 
